@@ -1,0 +1,81 @@
+"""Column names and Parquet schemas: the one place every stage takes them from.
+
+The run-directory and bulk-classification contracts are in docs/schemas.md; keep the two in step.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Status values of manifest and classification rows.
+OK, ERROR = "ok", "error"
+# Split names.
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS = (TRAIN, VAL, TEST)
+# The label a referred image gets instead of a class.
+REFER = "refer"
+
+# Image file suffixes that catalog and classify list (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+# Parquet key-value metadata keys.
+META_SOURCE = b"alle_dist.source"      # the SRC root that manifest paths are relative to
+META_CLASSES = b"alle_dist.classes"    # JSON list of class names, in index order
+META_SEED = b"alle_dist.seed"
+
+MANIFEST_SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),        # relative to the source root, '/'-separated
+    pa.field("label", pa.string(), nullable=False),       # the parent folder name
+    pa.field("sha256", pa.string()),                      # null when the bytes could not be read
+    pa.field("bytes", pa.int64()),
+    pa.field("dup_group", pa.int64()),                    # rows with equal sha256 share it; -1 if unique
+    pa.field("split", pa.string()),                       # train / val / test; null for error rows
+    pa.field("status", pa.string(), nullable=False),      # ok / error
+    pa.field("error", pa.string()),                       # reason, for error rows
+])
+
+
+def prob_column(cls: str) -> str:
+    """Ensemble (or single-model) probability column of class `cls`."""
+    return f"p_{cls}"
+
+
+def backbone_prob_column(backbone: str, cls: str) -> str:
+    return f"{backbone}_p_{cls}"
+
+
+def probs_schema(classes: list[str]) -> pa.Schema:
+    """RUN/models/<backbone>/{val,test}_probs.parquet: one row per image of the split.
+
+    `ood_score` is the backbone's feature-space distance to the training data (see alle_dist.ood);
+    higher means less like the training images.
+    """
+    fields = [pa.field("path", pa.string()), pa.field("label", pa.string())]
+    fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
+    fields += [pa.field("ood_score", pa.float32())]
+    return pa.schema(fields)
+
+
+def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
+    """Bulk-classification rows: one per input file, exactly once (product brief)."""
+    fields = [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("bytes", pa.int64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("label", pa.string()),          # a class, or 'refer'; null for error rows
+        pa.field("refer", pa.bool_()),
+        pa.field("refer_reason", pa.string()),   # why it was referred: low_confidence / unfamiliar / ...
+        pa.field("confidence", pa.float32()),
+    ]
+    fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
+    fields += [pa.field(backbone_prob_column(b, c), pa.float32()) for b in backbones for c in classes]
+    fields += [
+        pa.field("weights", pa.list_(pa.float32())),
+        pa.field("gamma", pa.float32()),
+        pa.field("model_sha256", pa.string()),   # sha256 of the ensemble: backbones' weights + ensemble.json
+        pa.field("version", pa.string()),        # alle_dist version
+        pa.field("run_id", pa.string()),
+        pa.field("classified_at", pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.schema(fields)

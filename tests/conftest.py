@@ -1,0 +1,101 @@
+"""Shared fixtures: one local Ray for the whole session, the real images, a moto S3 server over HTTP."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LEUKEMIA = ROOT.parent / "shared" / "data" / "leukemia"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Fake S3 settings go into the environment before any Ray starts, so Ray workers inherit them
+# exactly as a user's workers inherit AWS_ENDPOINT_URL. The keys are fake (moto accepts any).
+S3_PORT = _free_port()
+FAKE_KEY_ID, FAKE_SECRET = "AKIAFAKETESTKEY00001", "fake/secret+Never-Log-Me-0123456789abcdef"
+os.environ.setdefault("AWS_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("ALLE_DIST_NO_PROGRESS_TIMEOUT_S", "120")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("RAY_ADDRESS", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def leukemia_dir() -> Path:
+    """The shared real images (Original/<class>/*.jpg); skips where ../shared is absent."""
+    if not (LEUKEMIA / "Original").is_dir():
+        pytest.skip(f"real images not found at {LEUKEMIA}")
+    return LEUKEMIA
+
+
+@pytest.fixture
+def ray_local():
+    """The session's local Ray (4 logical CPUs on 2 cores so Train workers leave room for reads).
+
+    Function-scoped so a multi-node test may shut it down and start a `Cluster`; the next test
+    that asks for this fixture starts it again.
+    """
+    import ray
+    from alle_dist.runtime import init_ray
+
+    if not ray.is_initialized():
+        init_ray(num_cpus=4)
+    yield ray
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1, reached over HTTP through boto3 and pyarrow like a real S3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh, empty bucket; yields its name."""
+    import uuid
+
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+def upload_dir(local: Path, bucket: str, prefix: str = "") -> None:
+    """Upload a local folder to s3://bucket/prefix with boto3 (as a user would)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for p in sorted(Path(local).rglob("*")):
+        if p.is_file():
+            key = "/".join(x for x in (prefix.strip("/"), p.relative_to(local).as_posix()) if x)
+            s3.upload_file(str(p), bucket, key)
