@@ -82,7 +82,7 @@ class TrainConfig:
     workers: int | None = None         # None = one per GPU in the cluster (2 CPU workers without GPUs)
     gpus_per_worker: float | None = None   # None = 1 when the cluster has GPUs, else 0
     pretrained: str = "hub"            # hub | none | PATH to a weights file
-    limit: int | None = None           # use at most this many training images (tests, smoke runs)
+    limit: int | None = None           # use at most this many images of each split (tests, smoke runs)
     seed: int = 0
     segmented: bool = True             # train on HSV-segmented images (the paper) or the originals
     max_failures: int = 2              # worker-group restarts from the last checkpoint
@@ -92,6 +92,10 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
         _check(self.lr > 0, "train.lr must be > 0")
+        # Ray Train's num_workers=0 (local mode) keeps no checkpoints: nothing to publish or resume.
+        _check(self.workers is None or self.workers >= 1, "train.workers must be >= 1")
+        _check(self.limit is None or self.limit >= 1, "train.limit must be >= 1")
+        _check(self.max_failures >= 0, "train.max_failures must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,31 @@ class TuneConfig:
     num_samples: int = 40              # trials of the continuous search (besides the paper's grid)
     seed: int = 0
     temperature_scaling: bool = True
+    gamma_range: tuple[float, float] = (0.5, 0.95)   # γ of the continuous search
+    # Each trial takes milliseconds; more concurrent trials only add worker start-ups.
+    max_concurrent_trials: int = 2
+    referral: bool = True              # fit the unfamiliar-image rule (feature distance, mask, disagreement)
+    # Validation coverage the whole rule (γ + unfamiliar) keeps. Above the 98 % goal on purpose: the
+    # validation split is small (~180 real images), so the fitted thresholds are noisy on test.
+    referral_coverage: float = 0.99
+    training_samples: int = 4          # --tune-training: trials over training hyperparameters
+    training_lr: tuple[float, float] = (1e-5, 1e-3)  # log-uniform range of --tune-training's lr
 
     def __post_init__(self):
         object.__setattr__(self, "backbones", tuple(self.backbones))
+        object.__setattr__(self, "gamma_range", tuple(float(g) for g in self.gamma_range))
+        object.__setattr__(self, "training_lr", tuple(float(g) for g in self.training_lr))
         _check(len(self.backbones) >= 1, "tune.backbones: give at least one backbone")
+        _check(len(set(self.backbones)) == len(self.backbones), f"tune.backbones={list(self.backbones)}: duplicates")
         _check(0 <= self.min_coverage <= 1, "tune.min_coverage must be in [0, 1]")
+        _check(0 < self.referral_coverage <= 1, "tune.referral_coverage must be in (0, 1]")
+        _check(self.num_samples >= 0, "tune.num_samples must be >= 0")
+        _check(len(self.gamma_range) == 2 and 0 <= self.gamma_range[0] <= self.gamma_range[1] <= 1,
+               f"tune.gamma_range={list(self.gamma_range)}: need [low, high] within [0, 1]")
+        _check(len(self.training_lr) == 2 and 0 < self.training_lr[0] <= self.training_lr[1],
+               f"tune.training_lr={list(self.training_lr)}: need [low, high] with 0 < low <= high")
+        objectives = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
+        _check(self.objective in objectives, f"tune.objective={self.objective!r}: choose one of {list(objectives)}")
 
 
 @dataclass(frozen=True)
@@ -116,12 +140,23 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ClassifyConfig:
-    batch_size: int = 64
+    batch_size: int = 64               # images per model call (one actor batch); 256+ suits a big GPU
     gpus: int | None = None            # GPU actors; None = every GPU in the cluster
-    cpu_workers: int | None = None     # CPU actors when there is no GPU; None = sized from the cluster
-    decode_tasks: int | None = None
+    cpu_workers: int | None = None     # CPU actors when there is no GPU; None = half the cluster CPUs
+    decode_tasks: int | None = None    # concurrent read + decode tasks; None = as many as CPUs allow
+    read_cpus: float = 0.5             # CPUs per read + decode task (< 1: reads wait on I/O too)
     max_pixels: int = 50_000_000       # larger images are refused before a full decode
-    rows_per_file: int = 100_000
+    rows_per_file: int = 100_000       # result rows per Parquet part (the driver buffers one part)
+    verify_sha256: bool = True         # a rerun re-reads path+size matches to confirm their sha256
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"classify.batch_size={self.batch_size}: must be >= 1")
+        _check(self.rows_per_file >= 1, f"classify.rows_per_file={self.rows_per_file}: must be >= 1")
+        _check(0 < self.read_cpus <= 64, f"classify.read_cpus={self.read_cpus}: must be in (0, 64]")
+        _check(self.max_pixels >= 1, f"classify.max_pixels={self.max_pixels}: must be >= 1")
+        for name in ("gpus", "cpu_workers", "decode_tasks"):
+            v = getattr(self, name)
+            _check(v is None or v >= (0 if name == "gpus" else 1), f"classify.{name}={v}: out of range")
 
 
 STAGE_CONFIGS: dict[str, type] = {

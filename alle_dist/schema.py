@@ -33,6 +33,14 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("error", pa.string()),                       # reason, for error rows
 ])
 
+# DST/segment_report.parquet of `alle-dist segment`: one row per input image.
+SEGMENT_REPORT_SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),        # relative to SRC (and to DST)
+    pa.field("status", pa.string(), nullable=False),      # ok / error
+    pa.field("error", pa.string()),
+    pa.field("mask_fraction", pa.float32()),              # share of pixels kept; null for error rows
+])
+
 
 def prob_column(cls: str) -> str:
     """Ensemble (or single-model) probability column of class `cls`."""
@@ -43,15 +51,20 @@ def backbone_prob_column(backbone: str, cls: str) -> str:
     return f"{backbone}_p_{cls}"
 
 
+def backbone_ood_column(backbone: str) -> str:
+    return f"{backbone}_ood_score"
+
+
 def probs_schema(classes: list[str]) -> pa.Schema:
     """RUN/models/<backbone>/{val,test}_probs.parquet: one row per image of the split.
 
     `ood_score` is the backbone's feature-space distance to the training data (see alle_dist.ood);
-    higher means less like the training images.
+    higher means less like the training images. `mask_fraction` is the share of pixels the HSV
+    segmentation kept (an empty field or a red-cells-only field keeps almost none).
     """
     fields = [pa.field("path", pa.string()), pa.field("label", pa.string())]
     fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
-    fields += [pa.field("ood_score", pa.float32())]
+    fields += [pa.field("ood_score", pa.float32()), pa.field("mask_fraction", pa.float32())]
     return pa.schema(fields)
 
 
@@ -70,6 +83,9 @@ def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
     ]
     fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
     fields += [pa.field(backbone_prob_column(b, c), pa.float32()) for b in backbones for c in classes]
+    # The referral signals behind refer_reason: HSV mask fraction and each backbone's OOD score.
+    fields += [pa.field("mask_fraction", pa.float32())]
+    fields += [pa.field(backbone_ood_column(b), pa.float32()) for b in backbones]
     fields += [
         pa.field("weights", pa.list_(pa.float32())),
         pa.field("gamma", pa.float32()),

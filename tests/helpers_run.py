@@ -1,0 +1,119 @@
+"""Test helpers other test modules reuse: a real run directory with tiny untrained models, small
+smear-like images, and the bad inputs the bulk classifier must survive.
+
+Everything here is real files written through the project's own writers (modelio, ensemble, ood):
+no mocks.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("Benign", "Early", "Pre", "Pro")
+
+
+def smear(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A pink field with a purple blob: enough for HSV segmentation to keep something."""
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = (240, 226, 232)  # pale: below the default saturation floor
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+    r = rng.integers(size // 8, size // 4)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (110, 40, 150)
+    noise = rng.integers(-12, 13, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def write_images(root: Path, n: int, seed: int = 0, size: int = 48, fmt: str = "JPEG") -> list[str]:
+    """n smear images under root/<class>/img_<i>.jpg; returns their relative paths."""
+    rng = np.random.default_rng(seed)
+    rels = []
+    for i in range(n):
+        rel = f"{CLASSES[i % len(CLASSES)]}/img_{i:05d}.{'jpg' if fmt == 'JPEG' else fmt.lower()}"
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smear(rng, size)).save(p, format=fmt)
+        rels.append(rel)
+    return rels
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png_header(width: int = 40000, height: int = 40000) -> bytes:
+    """A valid PNG header claiming width x height pixels, with almost no pixel data behind it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def bad_inputs(seed: int = 1) -> dict[str, tuple[bytes, str | None]]:
+    """name → (file bytes, expected error substring or None when it must decode and classify)."""
+    rng = np.random.default_rng(seed)
+    rgb = smear(rng, 128)
+    good_jpeg = _encode(Image.fromarray(rgb), "JPEG")
+    grey16 = (rgb[:, :, 0].astype(np.uint16) * 257)
+    return {
+        "bad/zero_bytes.jpg": (b"", "empty file"),
+        "bad/truncated.jpg": (good_jpeg[: len(good_jpeg) // 2], "truncated"),
+        "bad/not_an_image.jpg": (b"this is a text file, not a JPEG\n" * 20, "not an image"),
+        "bad/huge_header.png": (huge_png_header(), "refused before decoding"),
+        "odd/png_rgba.png": (_encode(Image.fromarray(rgb).convert("RGBA"), "PNG"), None),
+        "odd/tiff.tif": (_encode(Image.fromarray(rgb), "TIFF"), None),
+        "odd/grey.jpg": (_encode(Image.fromarray(rgb).convert("L"), "JPEG"), None),
+        "odd/cmyk.jpg": (_encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"), None),
+        "odd/grey16.png": (_encode(Image.fromarray(grey16), "PNG"), None),
+    }
+
+
+def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
+    """Write bad_inputs() under root; returns name → expected error substring (None = decodes)."""
+    out = {}
+    for rel, (data, err) in bad_inputs(seed).items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        out[rel] = err
+    return out
+
+
+def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
+                 classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
+                 referral: dict | None = None) -> Path:
+    """A real run directory: tiny untrained timm models saved through modelio, OOD statistics
+    fitted with ood.fit on random features, ensemble.json through ensemble.save_spec."""
+    import torch
+    from alle_dist import backbones as bb
+    from alle_dist import ensemble, modelio, ood, storage
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    for name in backbones:
+        model = bb.create(name, len(classes), "none").eval()
+        mean, std = bb.normalisation(model)
+        meta = {"architecture": name, "classes": list(classes), "image_size": image_size,
+                "mean": list(mean), "std": list(std)}
+        model_dir = str(run_dir / "models" / name)
+        modelio.save_model(model_dir, model, meta)
+        dim = int(model.num_features)
+        feats = rng.normal(size=(64, dim)).astype(np.float32)
+        stats = ood.fit(feats, rng.integers(0, len(classes), 64), len(classes))
+        modelio.save_tensors(storage.join(model_dir, "ood.safetensors"),
+                             {k: torch.from_numpy(v) for k, v in stats.items()})
+    w = weights or [1.0 / len(backbones)] * len(backbones)
+    spec = ensemble.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,
+                                 gamma=gamma, referral=referral or {})
+    ensemble.save_spec(str(run_dir), spec, objective="test")
+    return run_dir

@@ -1,0 +1,200 @@
+"""classify: the model core, and the whole job on real Ray: bad input, a crash before the manifest,
+an idempotent rerun, a node killed mid-job, and a flat driver memory over 20 000 images."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from alle_dist import classify, classify_io, ensemble, modelio, schema, storage
+from alle_dist.config import ClassifyConfig, ConfigError, JobConfig
+from alle_dist.predict import Predictor
+from helpers_run import CLASSES, make_run_dir, write_bad_inputs, write_images
+
+SMALL = JobConfig(classify=ClassifyConfig(batch_size=8, rows_per_file=10, cpu_workers=1))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return str(make_run_dir(tmp_path_factory.mktemp("classify") / "run"))
+
+
+def _paths(dst) -> Counter:
+    return Counter(classify_io.read_results(str(dst), ["path"]).column("path").to_pylist())
+
+
+# ---------------------------------------------------------------- core, no Ray
+
+def test_classifier_rows_are_the_ensemble_of_both_predictors(run_dir, tmp_path):
+    rels = write_images(tmp_path, 6)
+    bad = write_bad_inputs(tmp_path)
+    todo, _ = classify_io.plan(storage.list_files(str(tmp_path), schema.IMAGE_SUFFIXES), {})
+    models = classify.resolve_models(run_dir)
+    prep = classify.prep_spec(models, str(tmp_path), JobConfig())
+    batch = classify_io.prepare_batch(todo, prep)
+    out = classify.Classifier(models, "run-x")(batch)
+
+    assert out.schema == schema.classify_schema(list(CLASSES), list(models.spec.backbones))
+    rows = {r["path"]: r for r in out.to_pylist()}
+    assert set(rows) == set(rels) | set(bad)
+    for rel, err in bad.items():
+        if err:
+            assert rows[rel]["status"] == schema.ERROR and rows[rel]["label"] is None
+            assert rows[rel]["p_Benign"] is None and rows[rel]["run_id"] == "run-x"
+    # The ok rows equal Predictor + ood + ensemble.apply run by hand on the same images.
+    ok = [r for r in out.to_pylist() if r["status"] == schema.OK]
+    images = classify_io.images_of(batch, prep.image_size)
+    probs = {b: Predictor(classify.model_dir(run_dir, b))(images)["probs"] for b in models.spec.backbones}
+    mf = np.array([r["mask_fraction"] for r in ok])
+    d = ensemble.apply(models.spec, probs, None, mf)
+    np.testing.assert_allclose([r["p_Pre"] for r in ok], d.probs[:, CLASSES.index("Pre")], atol=1e-6)
+    assert [r["label"] for r in ok] == [CLASSES[i] if i >= 0 else schema.REFER for i in d.label]
+    assert all(r["model_sha256"] == models.model_sha256 and r["weights"] == [0.5, 0.5] for r in ok)
+    assert all(r["test_resnet_ood_score"] is not None for r in ok)
+
+
+def test_a_tampered_model_is_refused_before_any_work(run_dir, tmp_path):
+    bad_run = tmp_path / "run"
+    shutil.copytree(run_dir, bad_run)
+    weights = bad_run / "models" / "test_resnet" / modelio.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    write_images(tmp_path / "src", 2)
+    with pytest.raises(modelio.ModelIntegrityError, match="sha256"):
+        classify.plan_job(str(bad_run), str(tmp_path / "src"), str(tmp_path / "dst"), SMALL)
+    assert not (tmp_path / "dst").exists()
+
+
+# ---------------------------------------------------------------- the job on Ray
+
+@pytest.mark.ray
+def test_bad_input_crash_before_manifest_and_rerun_are_exactly_once(ray_local, run_dir, tmp_path, monkeypatch):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    good = write_images(src, 20)
+    bad = write_bad_inputs(src)
+    plan = classify.plan_job(run_dir, str(src), str(dst), SMALL)
+    (src / good[0]).unlink()                                   # vanishes between listing and reading
+    assert classify.execute(plan) == []
+    rows = {r["path"]: r for r in classify_io.read_results(str(dst)).to_pylist()}
+    assert _paths(dst) == Counter(plan.listed)                 # every listed input exactly once
+    assert "vanished" in rows[good[0]]["error"]
+    for rel, err in bad.items():
+        assert (rows[rel]["status"] == schema.OK) if err is None else (err in rows[rel]["error"].lower())
+    assert ray_local.data.DataContext.get_current().max_errored_blocks == 0
+    before = (dst / classify_io.MANIFEST_NAME).read_bytes()
+
+    # New inputs arrive; the job dies after writing a part but before listing it.
+    new = write_images(src / "new", 5, seed=7)
+    def crash(*_):
+        raise KeyboardInterrupt("simulated crash before the manifest")
+    monkeypatch.setattr(classify_io, "write_manifest", crash)
+    with pytest.raises(KeyboardInterrupt):
+        classify.run_job(run_dir, str(src), str(dst), SMALL)
+    monkeypatch.undo()
+    assert (dst / classify_io.MANIFEST_NAME).read_bytes() == before          # nothing published
+    assert _paths(dst) == Counter(plan.listed)                               # previous output intact
+    assert len(list(dst.glob("part-*.parquet"))) > len(classify_io.load_manifest(str(dst))["files"])
+
+    # The same command again: only the new inputs are classified; nothing is written twice.
+    again = classify.run_job(run_dir, str(src), str(dst), SMALL)
+    assert again.run["rows_written"] == 5 and again.run["skipped"] == len(again.listed) - 5
+    assert _paths(dst) == Counter(plan.listed | {f"new/{p}" for p in new})
+
+    # Another model into the same output is refused.
+    other = make_run_dir(tmp_path / "other", backbones=("test_resnet",), seed=3)
+    with pytest.raises(ConfigError, match="another model"):
+        classify.plan_job(str(other), str(src), str(dst), SMALL)
+
+
+def _busiest_worker_node(nodes):
+    """The killable node that hosts a model actor (where the most CPU is in use)."""
+    import ray
+
+    avail = ray._private.state.available_resources_per_node()
+    return min(nodes, key=lambda n: avail.get(n.node_id, {}).get("CPU", 0.0))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_node_killed_mid_job_still_gives_every_input_exactly_once(run_dir, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from alle_dist.runtime import configure_data_context
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_images(src, 160)
+    ray.shutdown()  # the session's Ray; the ray_local fixture starts it again when next asked
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    killed = []
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        configure_data_context()
+        job = JobConfig(classify=ClassifyConfig(batch_size=8, rows_per_file=16, cpu_workers=2))
+        plan = classify.plan_job(run_dir, str(src), str(dst), job)
+
+        def kill_when_half_published():
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                if storage.exists(classify_io.manifest_uri(str(dst))):
+                    victim = _busiest_worker_node(workers)
+                    cluster.remove_node(victim, allow_graceful=False)
+                    killed.append(victim)
+                    return
+                time.sleep(0.2)
+
+        t = threading.Thread(target=kill_when_half_published, daemon=True)
+        t.start()
+        problems = classify.execute(plan)
+        t.join()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert killed, "the node was never killed: the job ended before its first part was published"
+    assert problems == []
+    got = _paths(dst)
+    assert set(got) == plan.listed and max(got.values()) == 1
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_driver_memory_stays_flat_over_20000_images(ray_local, tmp_path):
+    n = 20_000
+    run = make_run_dir(tmp_path / "run", image_size=32)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_images(src, n, size=32)                  # 32x32 JPEGs; collected as images: ~60 MB more
+    job = JobConfig(classify=ClassifyConfig(batch_size=250, rows_per_file=2000, cpu_workers=1))
+    samples = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.25):
+            published = classify_io.load_manifest(str(dst))["files"] if storage.exists(
+                classify_io.manifest_uri(str(dst))) else []
+            samples.append((sum(f["rows"] for f in published), _rss_mb()))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        plan = classify.run_job(str(run), str(src), str(dst), job)
+    finally:
+        stop.set()
+        t.join()
+    assert plan.run["rows_written"] == n and sum(_paths(dst).values()) == n
+    after_first = [rss for rows, rss in samples if rows >= 2000]
+    growth = max(after_first) - after_first[0]
+    print(f"driver RSS after the first part {after_first[0]:.0f} MB, peak {max(after_first):.0f} MB")
+    assert growth < 40, f"driver RSS grew {growth:.0f} MB while streaming {n} images"

@@ -1,0 +1,102 @@
+"""The weighted threshold ensemble and the referral rule, on hand-computed cases (no Ray)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alle_dist import ensemble as E
+from alle_dist.config import ConfigError
+
+A = np.array([[0.6, 0.4], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
+B = np.array([[0.2, 0.8], [0.5, 0.5], [0.1, 0.9], [0.7, 0.3]])
+
+
+def spec(weights=(0.5, 0.5), gamma=0.7, temperatures=(), referral=None):
+    return E.EnsembleSpec(("a", "b"), ("X", "Y"), weights, gamma, temperatures, referral or {})
+
+
+def test_combine_hand_computed():
+    # 0.7·A + 0.3·B
+    got = E.combine([A, B], [0.7, 0.3])
+    np.testing.assert_allclose(got, [[0.48, 0.52], [0.5, 0.5], [0.17, 0.83], [0.84, 0.16]])
+
+
+def test_ties_go_to_lowest_class_and_gamma_boundary_is_confident():
+    d = E.apply(spec((0.5, 0.5), gamma=0.5), {"a": A, "b": B})
+    # row 1 is a 0.5 / 0.5 tie: class 0, and 0.5 ≥ γ = 0.5 is confident (not referred)
+    assert d.label.tolist() == [1, 0, 1, 0]
+    assert d.refer.tolist() == [False, False, False, False]
+    np.testing.assert_allclose(d.confidence, [0.6, 0.5, 0.85, 0.8])
+    # γ exactly 0.8 at row 3 (0.5·0.9 + 0.5·0.7 = 0.8): accepted; 0.6, 0.5 below: referred
+    d = E.apply(spec((0.5, 0.5), gamma=0.8), {"a": A, "b": B})
+    assert d.refer.tolist() == [True, True, False, False]
+    assert d.label.tolist() == [-1, -1, 1, 0]
+    assert d.reason == ["low_confidence", "low_confidence", None, None]
+
+
+@pytest.mark.parametrize("w", [(0.6, 0.6), (1.2, -0.2), (0.5,), (float("nan"), 1.0), (0.3, 0.3)])
+def test_weights_off_the_simplex_are_rejected(w):
+    with pytest.raises(ConfigError, match="weight"):
+        E.combine([A, B], w)
+    with pytest.raises(ConfigError, match="weight"):
+        spec(w)
+
+
+def test_bad_gamma_and_temperature_rejected():
+    with pytest.raises(ConfigError, match="gamma"):
+        spec(gamma=1.5)
+    with pytest.raises(ConfigError, match="temperatures"):
+        spec(temperatures=(1.0, 0.0))
+
+
+def test_temperature_scaling_on_probabilities():
+    p = np.array([[0.8, 0.2]])
+    # softmax(log p / 2) = sqrt(p) normalised
+    np.testing.assert_allclose(E.scale(p, 2.0), [[2 / 3, 1 / 3]])
+    np.testing.assert_allclose(E.scale(p, 0.5), [[0.64 / 0.68, 0.04 / 0.68]])
+    d = E.apply(spec((1.0, 0.0), gamma=0.7, temperatures=(2.0, 1.0)), {"a": p, "b": p})
+    assert d.refer.tolist() == [True]  # 0.8 → 0.667 after T = 2
+
+
+def test_spec_round_trip(tmp_path):
+    s = spec((0.7, 0.3), 0.7, (1.5, 0.8), {"ood_score": {"a": 3.0}})
+    E.save_spec(str(tmp_path), s, objective="x", trials=[{"gamma": 0.7}])
+    assert E.load_spec(str(tmp_path)) == s
+    with pytest.raises(Exception, match="tune"):
+        E.load_spec(str(tmp_path / "missing"))
+
+
+def test_referral_rules_and_reasons():
+    probs = {"a": np.array([[0.9, 0.1]] * 5), "b": np.array([[0.9, 0.1]] * 4 + [[0.1, 0.9]])}
+    ood = {"a": np.array([1.0, 9.0, 1.0, 1.0, 1.0]), "b": np.array([1.0, 1.0, 1.0, np.nan, 1.0])}
+    mask = np.array([0.2, 0.2, 0.001, 0.2, 0.2])
+    referral = {"ood_score": {"a": 5.0, "b": 5.0}, "mask_fraction": {"low": 0.01, "high": 0.9},
+                "disagreement": 0.5}
+    d = E.apply(spec((0.5, 0.5), 0.6, referral=referral), probs, ood, mask)
+    assert d.reason == [None, "unfamiliar", "empty_field", "unfamiliar", "disagreement+low_confidence"]
+    assert d.label.tolist() == [0, -1, -1, -1, -1]
+
+
+def test_fit_referral_keeps_target_coverage_and_refers_constructed_ood():
+    """Constructed OOD case: in-distribution signals ~ N(0,1) features, mask ~ 0.2; OOD images are far
+    in one signal each (distance, blank field, disagreement). Fitted on ID only; ID coverage ≥ target."""
+    rng = np.random.default_rng(0)
+    n = 400
+    p = rng.dirichlet([8, 1], n)
+    id_probs = {"a": p, "b": np.clip(p + rng.normal(0, 0.02, p.shape), 1e-3, 1)}
+    id_probs["b"] /= id_probs["b"].sum(1, keepdims=True)
+    id_ood = {"a": rng.chisquare(8, n), "b": rng.chisquare(8, n)}
+    id_mask = rng.normal(0.2, 0.03, n).clip(0.05, 0.5)
+    r = E.fit_referral(id_probs, id_ood, id_mask, target_coverage=0.98)
+    s = spec((0.5, 0.5), 0.0, referral=r)
+    d_id = E.apply(s, id_probs, id_ood, id_mask)
+    assert 0.98 <= 1 - d_id.refer.mean() < 0.995            # target met, and not trivially everything
+    m = 30
+    q = rng.dirichlet([8, 1], m)
+    ood_probs = {"a": q, "b": q[:, ::-1].copy()}            # the two networks disagree...
+    ood_probs["b"][:10] = q[:10]                            # ...except on the first 10
+    ood_ood = {"a": np.r_[rng.chisquare(8, 10) + 60, rng.chisquare(8, 20)], "b": rng.chisquare(8, m)}
+    ood_mask = np.r_[np.full(10, 0.2), np.full(10, 0.0), np.full(10, 0.2)]
+    d = E.apply(s, ood_probs, ood_ood, ood_mask)
+    assert d.refer.all()
+    assert all("unfamiliar" in x for x in d.reason[:10]) and all("empty_field" in x for x in d.reason[10:20])

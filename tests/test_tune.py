@@ -1,0 +1,91 @@
+"""The tune stage: temperature fitting, objective and tie rules (no Ray), and the whole stage as real
+Ray Tune trials on the local cluster finding the known best of a constructed case."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alle_dist import ensemble, storage
+from alle_dist import tune as T
+from alle_dist.cli import get_args_parser, run_stage
+from alle_dist.config import ConfigError, TuneConfig
+from helpers_probs import BACKBONES, tune_case, write_probs
+
+
+def test_fit_temperature_recovers_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 4))
+    true_t = 2.5
+    p_true = np.exp(logits / true_t)
+    p_true /= p_true.sum(1, keepdims=True)
+    y = np.array([rng.choice(4, p=row) for row in p_true])
+    p_model = np.exp(logits)
+    p_model /= p_model.sum(1, keepdims=True)                  # overconfident by T = 2.5
+    assert T.fit_temperature(p_model, y) == pytest.approx(true_t, rel=0.1)
+
+
+def test_select_best_floor_then_objective_then_coverage():
+    def t(acc, cov, name):
+        return {"name": name, "metrics": {"coverage": cov, "accuracy_referral_as_error": acc}}
+    trials = [t(0.99, 0.90, "below_floor"), t(0.95, 0.97, "a"), t(0.95, 0.99, "b"), t(0.95, 0.99, "c")]
+    assert T.select_best(trials, "accuracy_referral_as_error", 0.95)["name"] == "b"   # tie → coverage, then first
+    assert T.select_best(trials, "accuracy_referral_as_error", 0.0)["name"] == "below_floor"
+
+
+def test_macro_f1_equals_sklearn():
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(0)
+    y, label = rng.integers(0, 4, 200), rng.integers(-1, 4, 200)
+    label[:5] = 0
+    assert T.macro_f1(y, label, 5) == pytest.approx(
+        f1_score(y, label, labels=list(range(5)), average="macro", zero_division=0))
+
+
+def test_decision_metrics_counts_referral_as_error():
+    y = np.array([0, 1, 2, 3])
+    m = T.decision_metrics(y, np.array([0, -1, 2, 1]), np.array([False, True, False, False]), 4)
+    assert m["coverage"] == 0.75 and m["accuracy_referral_as_error"] == 0.5
+    assert m["accuracy_on_accepted"] == pytest.approx(2 / 3)
+
+
+def test_config_rejects_unknown_objective():
+    with pytest.raises(ConfigError, match="objective"):
+        TuneConfig(objective="auc")
+
+
+def _write_case(run_dir):
+    y, pa_, pb = tune_case()
+    paths = [f"{['Benign', 'Early', 'Pre', 'Pro'][c]}/v{i}.jpg" for i, c in enumerate(y)]
+    rng = np.random.default_rng(1)
+    for b, p in zip(BACKBONES, (pa_, pb)):
+        # reversed row order in the second backbone: rows must be joined on path, not position
+        order = slice(None) if b == BACKBONES[0] else slice(None, None, -1)
+        write_probs(run_dir, b, "val", np.array(paths)[order], y[order], p[order],
+                    ood=rng.chisquare(8, len(y))[order], mask=rng.normal(0.2, 0.02, len(y))[order])
+        # the test split must never be read: an unreadable file would fail the stage if it were
+        storage.write_bytes(str(run_dir / "models" / b / "test_probs.parquet"), b"not parquet")
+    return y
+
+
+@pytest.mark.ray
+def test_tune_stage_finds_known_best_with_real_trials(ray_local, tmp_path):
+    _write_case(tmp_path)
+    (tmp_path / "cfg.yaml").write_text("tune:\n  temperature_scaling: false\n  gamma_range: [0.7, 0.75]\n"
+                                       "  min_coverage: 0.0\n")
+    args = get_args_parser("tune").parse_args(["--run-dir", str(tmp_path), "--num-samples", "3",
+                                               "--config", str(tmp_path / "cfg.yaml")])
+    assert run_stage("tune", args) == 0
+    doc = storage.read_json(str(tmp_path / "ensemble.json"))
+    assert [t["source"] for t in doc["trials"]] == ["paper_grid"] * 10 + ["random_search"] * 3
+    grid = {(tuple(t["weights"]), t["gamma"]) for t in doc["trials"][:10]}
+    assert grid == {(w, g) for w in T.PAPER_WEIGHTS for g in T.PAPER_GAMMAS}
+    # The known best: (0.7, 0.3) at γ = 0.7, 55 of 59 right, γ rule alone
+    assert doc["selected"]["weights"] == [0.7, 0.3] and doc["selected"]["gamma"] == 0.7
+    assert doc["selected"]["metrics"]["accuracy_referral_as_error"] == pytest.approx(55 / 59)
+    assert max(t["metrics"]["accuracy_referral_as_error"] for t in doc["trials"]) == pytest.approx(55 / 59)
+    spec = ensemble.load_spec(str(tmp_path))
+    assert spec.weights == (0.7, 0.3) and spec.gamma == 0.7 and spec.temperatures == (1.0, 1.0)
+    # referral fitted on validation: the whole rule still covers ≥ referral_coverage of what γ kept
+    assert set(spec.referral["ood_score"]) == set(BACKBONES)
+    assert doc["metrics"]["validation"]["coverage"] >= doc["selected"]["metrics"]["coverage"] - 0.02
+    assert (tmp_path / "tune_config.yaml").exists()
