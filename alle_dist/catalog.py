@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import zlib
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -65,11 +66,11 @@ def list_labelled(src: str) -> list[tuple[str, str]]:
             "or s3:// prefix that holds <class>/<image> files")
     items = [(rel, rel.split("/")[-2] if "/" in rel else "") for rel in files]
     classes = sorted({c for _, c in items if c})
+    layout = "<class>/<image> or Original/<class>/<image>"
+    if not classes:
+        raise UsageError(f"{src}: the images are not inside class folders; lay them out as {layout}")
     if len(classes) < 2:
-        found = classes[0] if classes else "none"
-        raise UsageError(
-            f"{src}: found {len(classes)} class folder(s) ({found}); need at least two, laid out as "
-            "<class>/<image> or Original/<class>/<image>")
+        raise UsageError(f"{src}: found 1 class folder(s) ({classes[0]}); need at least two, laid out as {layout}")
     return items
 
 
@@ -136,7 +137,7 @@ def assign_splits(rows: list[dict], groups: list[int], seed: int,
     """
     units_by_class: dict[str, list[list[int]]] = defaultdict(list)
     seen: dict[int, list[int]] = {}
-    for i, r in enumerate(sorted(range(len(rows)), key=lambda j: rows[j]["path"])):
+    for r in sorted(range(len(rows)), key=lambda j: rows[j]["path"]):
         if rows[r]["status"] != schema.OK:
             continue
         g = groups[r]
@@ -148,8 +149,9 @@ def assign_splits(rows: list[dict], groups: list[int], seed: int,
             seen[g] = unit
         units_by_class[rows[r]["label"]].append(unit)
     split: list[str | None] = [None] * len(rows)
-    rng = np.random.default_rng(seed)
     for cls in sorted(units_by_class):
+        # One generator per class: adding or removing a class doesn't reshuffle the others.
+        rng = np.random.default_rng([seed, zlib.crc32(cls.encode())])
         units = units_by_class[cls]
         units = [units[k] for k in rng.permutation(len(units))]
         n = sum(len(u) for u in units)
@@ -206,12 +208,9 @@ def summary(table: pa.Table) -> str:
         vals = [counts[(cls, c)] for c in cols]
         lines.append(f"{cls or '(none)':<12}" + "".join(f"{v:>8}" for v in vals) + f"{sum(vals):>8}")
     n_dup = len({g for g in table.column("dup_group").to_pylist() if g >= 0})
-    lines.append(f"{len(rows)} files, {counts_total(counts, schema.ERROR)} errors, {n_dup} duplicate groups")
+    n_err = sum(v for (_, k), v in counts.items() if k == schema.ERROR)
+    lines.append(f"{len(rows)} files, {n_err} errors, {n_dup} duplicate groups")
     return "\n".join(lines)
-
-
-def counts_total(counts: Counter, key: str) -> int:
-    return sum(v for (_, k), v in counts.items() if k == key)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

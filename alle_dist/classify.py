@@ -24,7 +24,6 @@ from .config import ClassifyConfig, ConfigError, JobConfig, SegmentConfig
 
 log = logging.getLogger(__name__)
 
-OOD_FILE = "ood.safetensors"
 # Parquet key-value metadata of every part (never anything from the environment: no credentials).
 META_RUN_ID, META_MODEL = b"alle_dist.run_id", b"alle_dist.model_sha256"
 
@@ -55,9 +54,8 @@ def resolve_models(run_dir: str) -> Models:
             raise ConfigError(f"{model_dir(run_dir, b)}: classes {meta['classes']} differ from "
                               f"ensemble.json's {list(spec.classes)}; rerun `alle-dist tune`")
         metas[b], hashes[b] = meta, meta["sha256"]
-        ood_uri = storage.join(model_dir(run_dir, b), OOD_FILE)
-        if storage.exists(ood_uri):
-            hashes[f"{b}/{OOD_FILE}"] = hashlib.sha256(storage.read_bytes(ood_uri)).hexdigest()
+        if meta.get("ood"):
+            hashes[f"{b}/{modelio.OOD_FILE}"] = meta["ood"]["sha256"]
     hashes[ensemble.SPEC_FILE] = hashlib.sha256(storage.read_bytes(ensemble.spec_uri(run_dir))).hexdigest()
     combined = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(hashes.items())).encode()).hexdigest()
     return Models(run_dir, spec, metas, combined, hashes)
@@ -84,39 +82,51 @@ def _segment_cfg(meta: dict, default: SegmentConfig) -> SegmentConfig:
     return SegmentConfig(**seg) if isinstance(seg, dict) else default
 
 
-def load_ood_stats(run_dir: str, backbone: str, sha256: str | None) -> dict | None:
-    uri = storage.join(model_dir(run_dir, backbone), OOD_FILE)
-    if not storage.exists(uri):
-        return None
-    return {k: v.numpy() for k, v in modelio.load_tensors(uri, sha256).items()}
+def load_ood_stats(models: Models, backbone: str) -> dict | None:
+    """The backbone's OOD statistics (sha256 checked), or None when it has none (no OOD referral)."""
+    return modelio.load_ood(model_dir(models.run_dir, backbone)) if models.metas[backbone].get("ood") else None
 
 
-class Classifier:
-    """Prepared rows (classify_io.PREPARED_COLUMNS) → result rows (schema.classify_schema).
+PROBS, FEATURES = "_probs_", "_features_"   # model-output columns between the actors and the deciders
 
-    Holds every backbone's Predictor, OOD statistics and the ensemble spec; error and skip rows
-    pass through without touching the models.
-    """
 
-    def __init__(self, models: Models, run_id: str, device: str = "cpu"):
+class ModelRunner:
+    """The GPU half: prepared rows → the same rows without images, plus every backbone's
+    probabilities and penultimate features (float32 bytes per ok row). Error and skip rows pass."""
+
+    def __init__(self, models: Models, device: str = "cpu"):
         from .predict import Predictor
 
-        self.spec, self.run_id, self.model_sha256 = models.spec, run_id, models.model_sha256
-        self.predictors = {b: Predictor(model_dir(models.run_dir, b), device) for b in self.spec.backbones}
-        self.ood = {b: load_ood_stats(models.run_dir, b, models.hashes.get(f"{b}/{OOD_FILE}"))
-                    for b in self.spec.backbones}
+        self.predictors = {b: Predictor(model_dir(models.run_dir, b), device) for b in models.spec.backbones}
         self.image_size = max(p.image_size for p in self.predictors.values())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = classify_io.ok_mask(batch)
+        images = classify_io.images_of(batch, self.image_size)
+        out = batch.drop_columns(["image"])
+        for b, predictor in self.predictors.items():
+            res = predictor(images) if ok.any() else {"probs": images[:0, 0, 0], "features": images[:0, 0, 0]}
+            out = out.append_column(PROBS + b, classify_io.pack_rows(ok, res["probs"]))
+            out = out.append_column(FEATURES + b, classify_io.pack_rows(ok, res["features"]))
+        return out
+
+
+class Decider:
+    """The CPU half: model outputs → result rows (schema.classify_schema): OOD scores, the weighted
+    ensemble and the referral rule. Kept off the GPU actor: OOD scoring is float64 matrix work."""
+
+    def __init__(self, models: Models, run_id: str):
+        self.spec, self.run_id, self.model_sha256 = models.spec, run_id, models.model_sha256
+        self.ood = {b: load_ood_stats(models, b) for b in self.spec.backbones}
         self.schema = schema.classify_schema(list(self.spec.classes), list(self.spec.backbones))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        status = np.asarray(batch.column("status").to_pylist(), dtype=object)
-        ok = status == schema.OK
-        images = classify_io.images_of(batch, self.image_size)
+        ok = classify_io.ok_mask(batch)
         cols = self._base_columns(batch)
         if ok.any():
-            self._model_columns(cols, images, ok, batch)
-        return pa.Table.from_arrays([_array(cols.get(f.name), f.type, len(ok)) for f in self.schema],
-                                    schema=self.schema)
+            self._model_columns(cols, ok, batch)
+        return pa.Table.from_arrays([classify_io.as_array(cols.get(f.name), f.type, len(ok))
+                                     for f in self.schema], schema=self.schema)
 
     def _base_columns(self, batch: pa.Table) -> dict:
         n = batch.num_rows
@@ -128,57 +138,56 @@ class Classifier:
         })
         return cols
 
-    def _model_columns(self, cols: dict, images: np.ndarray, ok: np.ndarray, batch: pa.Table) -> None:
+    def _model_columns(self, cols: dict, ok: np.ndarray, batch: pa.Table) -> None:
         probs, scores = {}, {}
-        for b, predictor in self.predictors.items():
-            out = predictor(images)
-            probs[b] = out["probs"]
-            scores[b] = ood.score(out["features"], self.ood[b]) if self.ood[b] is not None else None
+        for b in self.spec.backbones:
+            probs[b] = classify_io.unpack_rows(batch.column(PROBS + b), ok)
+            if self.ood[b] is not None:
+                scores[b] = ood.score(classify_io.unpack_rows(batch.column(FEATURES + b), ok), self.ood[b])
         mf = batch.column("mask_fraction").to_numpy(zero_copy_only=False)[ok]
-        d = ensemble.apply(self.spec, probs, {b: s for b, s in scores.items() if s is not None}, mf)
+        d = ensemble.apply(self.spec, probs, scores, mf)
         names = np.array(list(self.spec.classes) + [schema.REFER], dtype=object)
-        cols["label"] = _scatter(ok, names[d.label])          # label -1 → names[-1] = 'refer'
-        cols["refer"] = _scatter(ok, d.refer)
-        cols["refer_reason"] = _scatter(ok, np.asarray(d.reason, dtype=object))
-        cols["confidence"] = _scatter(ok, d.confidence)
+        scatter = classify_io.scatter
+        cols["label"] = scatter(ok, names[d.label])          # label -1 → names[-1] = 'refer'
+        cols["refer"] = scatter(ok, d.refer)
+        cols["refer_reason"] = scatter(ok, np.asarray(d.reason, dtype=object))
+        cols["confidence"] = scatter(ok, d.confidence)
         for i, c in enumerate(self.spec.classes):
-            cols[schema.prob_column(c)] = _scatter(ok, d.probs[:, i])
+            cols[schema.prob_column(c)] = scatter(ok, d.probs[:, i])
             for b in self.spec.backbones:
-                cols[schema.backbone_prob_column(b, c)] = _scatter(ok, probs[b][:, i])
+                cols[schema.backbone_prob_column(b, c)] = scatter(ok, probs[b][:, i])
         for b, s in scores.items():
-            if s is not None:
-                cols[schema.backbone_ood_column(b)] = _scatter(ok, s)
+            cols[schema.backbone_ood_column(b)] = scatter(ok, s)
 
 
-def _scatter(ok: np.ndarray, values: np.ndarray) -> list:
-    """Values of the ok rows spread over all rows; None elsewhere."""
-    out = [None] * len(ok)
-    for i, v in zip(np.flatnonzero(ok), values.tolist()):
-        out[i] = v
-    return out
+class Classifier:
+    """Both halves in one process (tests, the benchmark's bare loop): prepared rows → result rows."""
 
+    def __init__(self, models: Models, run_id: str, device: str = "cpu"):
+        self.runner, self.decider = ModelRunner(models, device), Decider(models, run_id)
+        self.image_size = self.runner.image_size
 
-def _array(values, type_: pa.DataType, n: int) -> pa.Array:
-    if values is None:
-        return pa.nulls(n, type_)
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values.cast(type_)
-    return pa.array(values, type_)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.decider(self.runner(batch))
 
 
 # ---------------------------------------------------------------- the Ray shell
 
-class _ClassifyActor:
+class _ModelActor:
     """One per GPU (or CPU worker): the models load once per actor, batches stream through."""
 
-    def __init__(self, models: Models, run_id: str, device: str, threads: int):
+    def __init__(self, models: Models, device: str, threads: int):
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.core = Classifier(models, run_id, device)
+        self.runner = ModelRunner(models, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.core(batch)
+        return self.runner(batch)
+
+
+def _decide(batch: pa.Table, decider: Decider) -> pa.Table:
+    return decider(batch)
 
 
 @dataclass
@@ -230,11 +239,13 @@ def build_dataset(plan: JobPlan):
         classify_io.prepare_batch, fn_kwargs={"spec": plan.prep}, batch_format="pyarrow",
         batch_size=None, num_cpus=cfg.read_cpus, compute=read_compute)
     actors, device, actor_res, threads = _actor_layout(cfg)
-    return ds.map_batches(
-        _ClassifyActor, fn_constructor_kwargs={"models": plan.models, "run_id": plan.run["run_id"],
-                                               "device": device, "threads": threads},
+    ds = ds.map_batches(
+        _ModelActor, fn_constructor_kwargs={"models": plan.models, "device": device, "threads": threads},
         batch_format="pyarrow", batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **actor_res)
+    # The decider (with the OOD statistics) goes to the object store once, shared by every task.
+    return ds.map_batches(_decide, fn_kwargs={"decider": Decider(plan.models, plan.run["run_id"])},
+                          batch_format="pyarrow", batch_size=None, num_cpus=cfg.read_cpus)
 
 
 def _actor_layout(cfg: ClassifyConfig) -> tuple[int, str, dict, int]:
@@ -289,16 +300,22 @@ def _first_time(batch: pa.Table, seen: set, counts: dict) -> pa.Table:
     return fresh
 
 
+_USER_ERRORS = {"alle_dist.storage.StorageError": storage.StorageError, "alle_dist.config.ConfigError": ConfigError}
+
+
 def _batches(ds):
-    """The result blocks as they finish; an S3 403 inside a read task surfaces as StorageError."""
+    """The result blocks as they finish; an S3 403 inside a read task surfaces as StorageError.
+
+    Ray Data re-raises a task's error as RayTaskError(UserCodeException) whose cause chain is gone
+    (only the remote traceback text survives), so the user error is recovered from that text.
+    """
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-    except Exception as exc:  # noqa: BLE001 - unwrap Ray's wrappers only to find a user error
-        cause = exc
-        while cause is not None and not isinstance(cause, (storage.StorageError, ConfigError)):
-            cause = cause.__cause__ or getattr(cause, "cause", None)
-        if cause is not None:
-            raise type(cause)(str(cause).splitlines()[0]) from None
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it carries a user error
+        for line in reversed(str(exc).splitlines()):
+            name, _, msg = line.partition(": ")
+            if name.strip() in _USER_ERRORS and msg:
+                raise _USER_ERRORS[name.strip()](msg.strip()) from None
         raise
 
 

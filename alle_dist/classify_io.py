@@ -208,6 +208,38 @@ def images_of(batch: pa.Table, image_size: int) -> np.ndarray:
     return out
 
 
+def ok_mask(batch: pa.Table) -> np.ndarray:
+    return np.asarray(batch.column("status").to_pylist(), dtype=object) == schema.OK
+
+
+def pack_rows(ok: np.ndarray, matrix: np.ndarray) -> pa.Array:
+    """One float32 row of `matrix` per ok row, as bytes (null elsewhere): compact in the object store."""
+    rows = iter(np.ascontiguousarray(matrix, np.float32))
+    return pa.array([next(rows).tobytes() if k else None for k in ok], pa.binary())
+
+
+def unpack_rows(column, ok: np.ndarray) -> np.ndarray:
+    """The ok rows of a pack_rows column as one float32 matrix."""
+    vals = [v for v, k in zip(column.to_pylist(), ok) if k]
+    return np.frombuffer(b"".join(vals), np.float32).reshape(len(vals), -1)
+
+
+def scatter(ok: np.ndarray, values: np.ndarray) -> list:
+    """Values of the ok rows spread over all rows; None elsewhere."""
+    out = [None] * len(ok)
+    for i, v in zip(np.flatnonzero(ok), np.asarray(values).tolist()):
+        out[i] = v
+    return out
+
+
+def as_array(values, type_: pa.DataType, n: int) -> pa.Array:
+    if values is None:
+        return pa.nulls(n, type_)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.cast(type_)
+    return pa.array(values, type_)
+
+
 # ---------------------------------------------------------------- the exactly-once writer
 
 class PartWriter:

@@ -44,7 +44,7 @@ class SegmentConfig:
     hsv_upper: tuple[int, int, int] = (179, 255, 255)
     open_kernel: int = 3               # morphological opening removes speckle
     close_kernel: int = 5              # closing fills small holes in the nucleus
-    min_component_px: int = 0          # connected components smaller than this are dropped (0 = keep all)
+    min_component_px: int = 40         # drop specks (red-cell rims, debris) smaller than this; 0 = keep all
     background: int = 0                # value of masked-out pixels
 
     def __post_init__(self):
@@ -56,6 +56,8 @@ class SegmentConfig:
                    f"segment.{name}={list(v)}: need [H 0-179, S 0-255, V 0-255]")
         _check(all(lo <= hi for lo, hi in zip(self.hsv_lower, self.hsv_upper)),
                "segment.hsv_lower must be <= segment.hsv_upper in every channel")
+        _check(min(self.open_kernel, self.close_kernel, self.min_component_px) >= 0,
+               "segment.open_kernel, close_kernel and min_component_px must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ class TuneConfig:
     # Validation coverage the whole rule (γ + unfamiliar) keeps. Above the 98 % goal on purpose: the
     # validation split is small (~180 real images), so the fitted thresholds are noisy on test.
     referral_coverage: float = 0.99
+    # Signals of the unfamiliar-image rule: ood_score (each backbone's feature distance), mask_low,
+    # mask_high (segmentation kept too little / too much), disagreement (between the networks).
+    referral_signals: tuple[str, ...] = ("ood_score", "mask_low")
     training_samples: int = 4          # --tune-training: trials over training hyperparameters
     training_lr: tuple[float, float] = (1e-5, 1e-3)  # log-uniform range of --tune-training's lr
 
@@ -120,11 +125,17 @@ class TuneConfig:
         object.__setattr__(self, "backbones", tuple(self.backbones))
         object.__setattr__(self, "gamma_range", tuple(float(g) for g in self.gamma_range))
         object.__setattr__(self, "training_lr", tuple(float(g) for g in self.training_lr))
+        object.__setattr__(self, "referral_signals", tuple(self.referral_signals))
+        signals = ("ood_score", "mask_low", "mask_high", "disagreement")
+        _check(set(self.referral_signals) <= set(signals),
+               f"tune.referral_signals={list(self.referral_signals)}: choose from {list(signals)}")
         _check(len(self.backbones) >= 1, "tune.backbones: give at least one backbone")
         _check(len(set(self.backbones)) == len(self.backbones), f"tune.backbones={list(self.backbones)}: duplicates")
         _check(0 <= self.min_coverage <= 1, "tune.min_coverage must be in [0, 1]")
         _check(0 < self.referral_coverage <= 1, "tune.referral_coverage must be in (0, 1]")
         _check(self.num_samples >= 0, "tune.num_samples must be >= 0")
+        _check(self.training_samples >= 1, "tune.training_samples must be >= 1")
+        _check(self.max_concurrent_trials >= 1, "tune.max_concurrent_trials must be >= 1")
         _check(len(self.gamma_range) == 2 and 0 <= self.gamma_range[0] <= self.gamma_range[1] <= 1,
                f"tune.gamma_range={list(self.gamma_range)}: need [low, high] within [0, 1]")
         _check(len(self.training_lr) == 2 and 0 < self.training_lr[0] <= self.training_lr[1],

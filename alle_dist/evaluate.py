@@ -204,9 +204,10 @@ def main(args: argparse.Namespace) -> int:
     from .runtime import init_ray
 
     job = config_mod.job_config(args.config, evaluate={"max_corrections_copied": args.max_corrections_copied})
+    ensemble.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
     init_ray(args.num_cpus)
-    config_mod.save_resolved(storage.join(args.run_dir, "report", "evaluate_config.yaml"), job, run_dir=args.run_dir)
     doc = evaluate_run(args.run_dir, job.evaluate)
+    config_mod.save_resolved(storage.join(args.run_dir, "report", "evaluate_config.yaml"), job, run_dir=args.run_dir)
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {storage.join(args.run_dir, 'report')}")

@@ -208,6 +208,7 @@ def train_loop(cfg: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     amp = device.type == "cuda"
+    torch.backends.cudnn.benchmark = amp  # fixed input size: cuDNN picks its fastest algorithms once
     model, opt, history, resumed_at = _setup(cfg, device)
     start = history[-1]["epoch"] + 1 if history else 1
     if history and start <= cfg["epochs"]:

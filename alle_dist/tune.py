@@ -31,8 +31,11 @@ PAPER_GAMMAS = (0.7, 0.8)
 OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
 
 
-def fit_temperature(probs: np.ndarray, y: np.ndarray, bounds=(0.05, 20.0)) -> float:
-    """T minimising the NLL of softmax(log p / T) on labelled rows (1.0 if none)."""
+def fit_temperature(probs: np.ndarray, y: np.ndarray, bounds=(0.5, 10.0)) -> float:
+    """T minimising the NLL of softmax(log p / T) on labelled rows (1.0 if none).
+
+    The lower bound matters: on a validation split a model gets 100 % right (common here), the NLL
+    keeps falling as T → 0, and an unbounded fit would sharpen every output until γ refers nothing."""
     from scipy.optimize import minimize_scalar
 
     keep = y >= 0
@@ -153,17 +156,25 @@ def finish(data: ensemble.SplitProbs, temperatures, best: dict, cfg: config_mod.
     low_conf = ensemble.apply(base, data.probs).refer
     scaled = {b: ensemble.scale(data.probs[b], t) for b, t in zip(backbones, base.temperatures)}
     referral = ensemble.fit_referral(scaled, data.ood, data.mask_fraction, cfg.referral_coverage,
-                                     already_referred=low_conf) if cfg.referral else {}
+                                     already_referred=low_conf, signals=cfg.referral_signals) if cfg.referral else {}
     spec = ensemble.EnsembleSpec(backbones, data.classes, best["weights"], best["gamma"], temperatures, referral)
     d = ensemble.apply(spec, data.probs, data.ood, data.mask_fraction)
     return spec, decision_metrics(data.y, d.label, d.refer, len(data.classes))
 
 
-def run(run_dir: str, cfg: config_mod.TuneConfig) -> dict:
-    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc."""
+def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> ensemble.SplitProbs:
+    """The cached validation outputs: the only split this stage reads."""
     data = ensemble.load_probs(run_dir, list(cfg.backbones), "val")
     if (data.y < 0).any():
         raise UsageError(f"{run_dir}: validation labels outside the classes {list(data.classes)}")
+    if not len(data.y):
+        raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
+    return data
+
+
+def run(run_dir: str, cfg: config_mod.TuneConfig, data: ensemble.SplitProbs | None = None) -> dict:
+    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc."""
+    data = data if data is not None else load_validation(run_dir, cfg)
     temps = tuple(fit_temperature(data.probs[b], data.y) if cfg.temperature_scaling else 1.0
                   for b in cfg.backbones)
     trials = search(data, temps, cfg)
@@ -176,6 +187,59 @@ def run(run_dir: str, cfg: config_mod.TuneConfig) -> dict:
     return {**ensemble.load_spec(run_dir).__dict__, **extra}
 
 
+# ---------------------------------------------------------------- --tune-training
+
+def _training_trial(config: dict, run_dir: str, job) -> dict:
+    """One Tune trial = one whole train stage (alle_dist.train.train_backbone) in its own run folder.
+
+    `Tuner(trainer)` fails in Train V2, so this driver function runs the TorchTrainer itself; Tune
+    sees its final metrics only (no early stopping across epochs)."""
+    import dataclasses
+
+    from . import catalog, train
+
+    trial_run = storage.join(run_dir, "tune_training", f"trial-{config['i']:03d}")
+    storage.write_bytes(storage.join(trial_run, catalog.MANIFEST_FILE),
+                        storage.read_bytes(storage.join(run_dir, catalog.MANIFEST_FILE)))
+    tcfg = dataclasses.replace(job.train, lr=float(config["lr"]), batch_size=int(config["batch_size"]))
+    meta = train.train_backbone(trial_run, dataclasses.replace(job, train=tcfg))
+    best = min(meta["epochs"], key=lambda e: e["val_loss"])
+    return {"val_loss": best["val_loss"], "val_acc": best["val_acc"], "best_epoch": best["epoch"],
+            "lr": tcfg.lr, "batch_size": tcfg.batch_size, "run_dir": trial_run}
+
+
+def tune_training(run_dir: str, job) -> dict:
+    """Random search over the training learning rate and batch size, each trial a real training run.
+
+    Trials hold 0.01 CPU themselves (the TorchTrainer inside takes the real resources) and run one
+    at a time, since each training run sizes itself to the whole cluster. Writes RUN/tune_training.json."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    cfg = job.tune
+    space = {"i": tune.grid_search(list(range(cfg.training_samples))),
+             "lr": tune.loguniform(*cfg.training_lr), "batch_size": tune.choice([16, 32, 64])}
+    trainable = tune.with_resources(tune.with_parameters(_training_trial, run_dir=run_dir, job=job), {"cpu": 0.01})
+    tmp = tempfile.mkdtemp(prefix="alle-dist-tune-training-")
+    try:
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(random_state=cfg.seed), max_concurrent_trials=1),
+            run_config=tune.RunConfig(name=f"training-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0))
+        results = tuner.fit()
+        errors = [r.error for r in results if r.error]
+        if errors:
+            raise RuntimeError(f"{len(errors)} training trial(s) failed; first: {errors[0]}")
+        trials = sorted(({k: r.metrics[k] for k in ("val_loss", "val_acc", "best_epoch", "lr", "batch_size", "run_dir")}
+                         for r in results), key=lambda t: t["val_loss"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    doc = {"backbone": job.train.backbone, "metric": "val_loss (min)", "best": trials[0], "trials": trials}
+    storage.write_json(storage.join(run_dir, "tune_training.json"), doc)
+    log.info("best training setting for %s: lr=%.3g batch_size=%d (val_loss %.4f)", job.train.backbone,
+             trials[0]["lr"], trials[0]["batch_size"], trials[0]["val_loss"])
+    return doc
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with models/<backbone>/")
     p.add_argument("--backbones", default=None, help="comma-separated, in weight order (default densenet201,resnet50)")
@@ -184,7 +248,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=None, help="random-search trials besides the paper's grid")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tune-training", action="store_true",
-                   help="instead: tune training hyperparameters by running the train stage inside Tune")
+                   help="instead: tune the training lr and batch size by running the train stage inside Tune "
+                        "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
+    p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
+    p.add_argument("--training-samples", type=int, default=None, help="--tune-training: number of training runs")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -193,13 +260,17 @@ def main(args: argparse.Namespace) -> int:
     overrides = {"objective": args.objective, "min_coverage": args.min_coverage,
                  "num_samples": args.num_samples, "seed": args.seed,
                  "backbones": tuple(args.backbones.split(",")) if args.backbones else None}
-    job = config_mod.job_config(args.config, tune=overrides)
-    init_ray(args.num_cpus)
+    overrides["training_samples"] = args.training_samples
+    job = config_mod.job_config(args.config, tune=overrides, train={"backbone": args.backbone})
     if args.tune_training:
-        tune_training(args.run_dir, job)
+        init_ray(args.num_cpus)
+        doc = tune_training(args.run_dir, job)
+        print(f"tune_training.json: best {doc['best']}")
         return 0
+    data = load_validation(args.run_dir, job.tune)    # a wrong RUN fails here, before Ray starts
+    init_ray(args.num_cpus)
+    doc = run(args.run_dir, job.tune, data)
     config_mod.save_resolved(storage.join(args.run_dir, "tune_config.yaml"), job, run_dir=args.run_dir)
-    doc = run(args.run_dir, job.tune)
     print(f"ensemble.json: weights={doc['weights']} gamma={doc['gamma']:.3f} "
           f"val={doc['metrics']['validation']}")
     return 0

@@ -75,3 +75,42 @@ def write_manifest(run_dir, source: Path, rows: list[dict], classes=CLASSES, see
                                            schema.META_CLASSES: json.dumps(list(classes)).encode(),
                                            schema.META_SEED: str(seed).encode()})
     storage.write_parquet(table, storage.join(str(run_dir), "manifest.parquet"))
+
+
+def corrections_case(tmp: Path):
+    """A run with test probabilities of two backbones, ensemble.json, a manifest and real image files.
+
+    Rows (y, densenet201 → resnet50 → ensemble at weights 0.5/0.5, γ 0.5):
+      Benign/t0.jpg   0: 0, 0 → 0            nothing
+      Early/t1.jpg    1: 2 (0.6), 1 → 1      fn_to_tp + fp_to_tn of densenet201
+      Pre/t2.jpg      2: 2, 3 (0.6) → 2      fn_to_tp + fp_to_tn of resnet50
+      Pro/t3.jpg      3: 3 (0.6), 0 → 0      broken (densenet201 was right)
+      Benign/t4.jpg   0: 1, 1 → 1            both wrong: nothing
+      ../../evil.jpg  1: 0 (0.6), 1 → 1      fn_to_tp + fp_to_tn of densenet201, path traversal name
+      Pre/t6.jpg      2: 2, 2 → refer        unfamiliar (ood_score 10 > 5): referred, not a correction
+    Returns (run_dir, source_dir, paths)."""
+    from alle_dist import ensemble
+    from PIL import Image
+
+    run, src = tmp / "run", tmp / "a" / "b" / "src"
+    rows = [(0, (0, 0, 1.0), (0, 0, 1.0)), (1, (2, 1, 0.6), (1, 1, 1.0)), (2, (2, 2, 1.0), (3, 2, 0.6)),
+            (3, (3, 0, 0.6), (0, 0, 1.0)), (0, (1, 1, 1.0), (1, 1, 1.0)), (1, (0, 1, 0.6), (1, 1, 1.0)),
+            (2, (2, 2, 1.0), (2, 2, 1.0))]
+    paths = ["Benign/t0.jpg", "Early/t1.jpg", "Pre/t2.jpg", "Pro/t3.jpg", "Benign/t4.jpg", "../../evil.jpg", "Pre/t6.jpg"]
+    y = np.array([r[0] for r in rows])
+    pa_ = np.stack([onehot_mix(*r[1]) for r in rows])
+    pb = np.stack([onehot_mix(*r[2]) for r in rows])
+    ood = np.r_[np.ones(6), 10.0]
+    rng = np.random.default_rng(0)
+    for b, p in zip(BACKBONES, (pa_, pb)):
+        write_probs(run, b, "test", paths, y, p, ood=ood)
+        write_probs(run, b, "val", paths, y, p, ood=ood)
+    for i, rel in enumerate(paths):
+        f = src / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(f, format="JPEG")
+    write_manifest(run, src, [{"path": p, "label": CLASSES[c], "split": "test"} for p, c in zip(paths, y)])
+    spec = ensemble.EnsembleSpec(BACKBONES, CLASSES, (0.5, 0.5), 0.5, (1.0, 1.0),
+                                 {"ood_score": {"densenet201": 5.0, "resnet50": 5.0}})
+    ensemble.save_spec(str(run), spec, objective="test")
+    return run, src, paths

@@ -96,7 +96,7 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     fitted with ood.fit on random features, ensemble.json through ensemble.save_spec."""
     import torch
     from alle_dist import backbones as bb
-    from alle_dist import ensemble, modelio, ood, storage
+    from alle_dist import ensemble, modelio, ood
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -110,8 +110,7 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
         dim = int(model.num_features)
         feats = rng.normal(size=(64, dim)).astype(np.float32)
         stats = ood.fit(feats, rng.integers(0, len(classes), 64), len(classes))
-        modelio.save_tensors(storage.join(model_dir, "ood.safetensors"),
-                             {k: torch.from_numpy(v) for k, v in stats.items()})
+        modelio.save_ood(model_dir, stats)
     w = weights or [1.0 / len(backbones)] * len(backbones)
     spec = ensemble.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,
                                  gamma=gamma, referral=referral or {})

@@ -32,6 +32,9 @@ def test_ties_go_to_lowest_class_and_gamma_boundary_is_confident():
     assert d.refer.tolist() == [True, True, False, False]
     assert d.label.tolist() == [-1, -1, 1, 0]
     assert d.reason == ["low_confidence", "low_confidence", None, None]
+    # 0.3·0.4 + 0.7·0.8 = 0.68 (0.6799999999999999 in floats) at γ = 0.68: still confident
+    d = E.apply(spec((0.3, 0.7), gamma=0.68), {"a": A[:1, ::-1], "b": B[:1, ::-1]})
+    assert d.refer.tolist() == [False] and d.label.tolist() == [0]
 
 
 @pytest.mark.parametrize("w", [(0.6, 0.6), (1.2, -0.2), (0.5,), (float("nan"), 1.0), (0.3, 0.3)])
@@ -87,7 +90,7 @@ def test_fit_referral_keeps_target_coverage_and_refers_constructed_ood():
     id_probs["b"] /= id_probs["b"].sum(1, keepdims=True)
     id_ood = {"a": rng.chisquare(8, n), "b": rng.chisquare(8, n)}
     id_mask = rng.normal(0.2, 0.03, n).clip(0.05, 0.5)
-    r = E.fit_referral(id_probs, id_ood, id_mask, target_coverage=0.98)
+    r = E.fit_referral(id_probs, id_ood, id_mask, target_coverage=0.98, signals=E.SIGNALS)
     s = spec((0.5, 0.5), 0.0, referral=r)
     d_id = E.apply(s, id_probs, id_ood, id_mask)
     assert 0.98 <= 1 - d_id.refer.mean() < 0.995            # target met, and not trivially everything
@@ -100,3 +103,18 @@ def test_fit_referral_keeps_target_coverage_and_refers_constructed_ood():
     d = E.apply(s, ood_probs, ood_ood, ood_mask)
     assert d.refer.all()
     assert all("unfamiliar" in x for x in d.reason[:10]) and all("empty_field" in x for x in d.reason[10:20])
+
+
+def test_default_signals_leave_out_disagreement_and_the_high_mask_tail():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet([8, 1], 200)
+    r = E.fit_referral({"a": p, "b": p[:, ::-1]}, {"a": rng.chisquare(8, 200)}, rng.uniform(0.1, 0.3, 200), 0.99)
+    assert r["signals"] == ["ood_score", "mask_low"] and "disagreement" not in r
+    assert r["mask_fraction"]["high"] is None and r["mask_fraction"]["low"] > 0.1
+    assert 0.99 <= r["val_coverage"] < 1.0
+    # already_referred eats the budget: the most lenient thresholds come back
+    r2 = E.fit_referral({"a": p}, {"a": rng.chisquare(8, 200)}, rng.uniform(0.1, 0.3, 200), 0.99,
+                        already_referred=np.r_[np.ones(5, bool), np.zeros(195, bool)])
+    assert r2["quantile"] == 1.0 and r2["val_coverage"] == pytest.approx(0.975)
+    with pytest.raises(ConfigError, match="signals"):
+        E.fit_referral({"a": p}, None, None, 0.99, signals=("energy",))

@@ -33,8 +33,8 @@ def test_stained_blast_stays_background_and_red_cells_go():
 def test_small_components_are_dropped_when_asked():
     img = _disc_image((110, 70, 160))
     cv2.circle(img, (10, 10), 3, (110, 70, 160), -1)      # a speck
-    keep_all = segment.hsv_mask(img, SegmentConfig())
-    cleaned = segment.hsv_mask(img, SegmentConfig(min_component_px=100))
+    keep_all = segment.hsv_mask(img, SegmentConfig(min_component_px=0))
+    cleaned = segment.hsv_mask(img, SegmentConfig())              # the default drops specks < 40 px
     assert keep_all[10, 10] == 255 and cleaned[10, 10] == 0 and cleaned[64, 64] == 255
 
 

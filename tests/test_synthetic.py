@@ -60,4 +60,4 @@ def test_a_tiny_cnn_learns_the_four_classes():
     with torch.no_grad():
         acc = (model(xt).argmax(1) == yt).float().mean().item()
     torch.set_num_threads(threads)
-    assert acc >= 0.8, f"held-out accuracy {acc:.2f}"
+    assert acc >= 0.75, f"held-out accuracy {acc:.2f}"

@@ -22,6 +22,8 @@ def test_fit_temperature_recovers_known_temperature():
     p_model = np.exp(logits)
     p_model /= p_model.sum(1, keepdims=True)                  # overconfident by T = 2.5
     assert T.fit_temperature(p_model, y) == pytest.approx(true_t, rel=0.1)
+    # every validation image right: the NLL falls as T → 0; the fit stops at the lower bound
+    assert T.fit_temperature(p_model, p_model.argmax(1)) == pytest.approx(0.5, abs=1e-3)
 
 
 def test_select_best_floor_then_objective_then_coverage():
@@ -89,3 +91,22 @@ def test_tune_stage_finds_known_best_with_real_trials(ray_local, tmp_path):
     assert set(spec.referral["ood_score"]) == set(BACKBONES)
     assert doc["metrics"]["validation"]["coverage"] >= doc["selected"]["metrics"]["coverage"] - 0.02
     assert (tmp_path / "tune_config.yaml").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_training_runs_the_train_stage_inside_tune(ray_local, tmp_path, leukemia_dir):
+    from test_train import make_run
+
+    run = make_run(tmp_path / "run", leukemia_dir, per_class=4)
+    (tmp_path / "cfg.yaml").write_text("train:\n  backbone: test_resnet\n  pretrained: none\n  image_size: 32\n"
+                                       "  epochs: 1\n  workers: 1\n")
+    args = get_args_parser("tune").parse_args(["--run-dir", run, "--tune-training", "--training-samples", "2",
+                                               "--config", str(tmp_path / "cfg.yaml")])
+    assert run_stage("tune", args) == 0
+    doc = storage.read_json(storage.join(run, "tune_training.json"))
+    assert len(doc["trials"]) == 2 and doc["best"] == doc["trials"][0]
+    assert doc["trials"][0]["val_loss"] <= doc["trials"][1]["val_loss"]
+    assert len({t["lr"] for t in doc["trials"]}) == 2                 # two different sampled settings
+    for t in doc["trials"]:                                           # each trial trained a real model
+        assert storage.exists(storage.join(t["run_dir"], "models", "test_resnet", "test_probs.parquet"))

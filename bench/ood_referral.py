@@ -1,0 +1,184 @@
+"""Referral of unfamiliar images: OOD referral rate next to in-distribution coverage, per method.
+
+    python bench/ood_referral.py --run-dir RUN --device cuda [--limit 300] [--target-coverage 0.98]
+
+Needs a RUN with trained backbones (models/<b>/ with ood.safetensors) and its manifest. Builds the
+OOD set (alle_dist.oodset) from test-split images, runs every backbone on validation, test and OOD
+images with the training preprocessing (HSV segmentation, resize), fits each method's threshold on
+the validation split at the target coverage, and prints per method the in-distribution test
+coverage and the OOD referral rate (overall and per kind). The last line is one JSON object.
+Goal (issue 4): >= 95 % of OOD images referred at >= 98 % in-distribution coverage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alle_dist import catalog, ensemble, modelio, ood, oodset, schema, storage  # noqa: E402
+from alle_dist.augment import load_image  # noqa: E402
+from alle_dist.config import SegmentConfig  # noqa: E402
+from alle_dist.imageio import decode_rgb, encode_png  # noqa: E402
+
+
+def split_images(run_dir: str, split: str, limit: int | None, seed: int) -> tuple[list[bytes], np.ndarray, list[str]]:
+    table, source, classes = catalog.read_manifest(run_dir)
+    rows = [r for r in table.to_pylist() if r["split"] == split and r["status"] == schema.OK]
+    if limit and len(rows) > limit:
+        rows = [rows[i] for i in sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])]
+    data = [storage.read_bytes(catalog.image_uri(source, r["path"])) for r in rows]
+    return data, np.array([classes.index(r["label"]) for r in rows]), classes
+
+
+def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training pipeline's inputs: (uint8 N x S x S x 3, mask fractions); OpenCV frees the GIL."""
+    with ThreadPoolExecutor() as ex:
+        out = list(ex.map(lambda d: load_image(d, size, seg), data))
+    return np.stack([o[0] for o in out]), np.array([o[1] for o in out])
+
+
+def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int) -> dict:
+    """Per backbone probabilities and Mahalanobis scores, and the mask fraction, for encoded images."""
+    from alle_dist.predict import Predictor
+
+    probs, scores, mf, cache = {}, {}, None, {}
+    for b in backbones:
+        mdir = ensemble.model_dir(run_dir, b)
+        pred, stats = Predictor(mdir, device), _ood_stats(mdir)
+        cfg = pred.meta.get("config") or {}
+        segmented = (cfg.get("train") or {}).get("segmented", True)
+        seg = SegmentConfig(**cfg["segment"]) if segmented and cfg.get("segment") else (SegmentConfig() if segmented else None)
+        key = (pred.image_size, seg)
+        x, frac = cache[key] if key in cache else cache.setdefault(key, preprocess(data, pred.image_size, seg))
+        outs = [pred(x[i:i + batch]) for i in range(0, len(x), batch)]
+        probs[b] = np.concatenate([o["probs"] for o in outs]).astype(np.float64)
+        scores[b] = ood.score(np.concatenate([o["features"] for o in outs]), stats).astype(np.float64)
+        mf = frac if mf is None else mf
+    return {"probs": probs, "ood": scores, "mask_fraction": mf}
+
+
+def _ood_stats(mdir: str) -> dict:
+    """ood.safetensors, sha256-checked when meta.json records it."""
+    try:
+        return modelio.load_ood(mdir)
+    except storage.StorageError:
+        uri = storage.join(mdir, modelio.OOD_FILE)
+        return {k: v.numpy() for k, v in modelio.load_tensors(uri, None).items()}
+
+
+def _one_sided(val: np.ndarray, target: float) -> float:
+    return float(np.quantile(val, target, method="higher"))
+
+
+def methods(spec: ensemble.EnsembleSpec, val: dict, target: float, rule_signals=ensemble.DEFAULT_SIGNALS) -> dict:
+    """name → function(signals) -> refer (bool N), each fitted on validation signals at `target`."""
+    bs, w, temps = spec.backbones, spec.weights, spec.temperatures
+    msp = lambda s, t: 1 - ensemble.combine([s["probs"][b] for b in bs], w, t).max(1)  # noqa: E731
+    dis = lambda s: ensemble.disagreement([ensemble.scale(s["probs"][b], T) for b, T in zip(bs, temps)])  # noqa: E731
+    thr_m = {b: _one_sided(val["ood"][b], target) for b in bs}
+    t_msp, t_mspt, t_dis = _one_sided(msp(val, None), target), _one_sided(msp(val, temps), target), _one_sided(dis(val), target)
+    only_mask = ensemble.fit_referral({bs[0]: val["probs"][bs[0]]}, None, val["mask_fraction"], target,
+                                      signals=("mask_low", "mask_high"))
+    no_ref = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps)
+    low_conf = ensemble.apply(no_ref, val["probs"]).refer
+    scaled = {b: ensemble.scale(val["probs"][b], T) for b, T in zip(bs, temps)}
+    fit = lambda which, low=None: ensemble.fit_referral(  # noqa: E731
+        scaled, val["ood"], val["mask_fraction"], target, already_referred=low, signals=which)
+    combo = fit(rule_signals, low_conf)
+    combo_spec = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, combo)
+    combo_all = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(ensemble.SIGNALS, low_conf))
+    # The unfamiliar-image rule alone (γ = 0): what the rule adds beyond a confidence threshold.
+    unfam_spec = ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(rule_signals))
+    out = {
+        "msp": lambda s: msp(s, None) > t_msp,
+        "msp_temperature": lambda s: msp(s, temps) > t_mspt,
+        "disagreement": lambda s: dis(s) > t_dis,
+        "mahalanobis": lambda s: _maha_union(s, bs, thr_m),
+        "mask_fraction": lambda s: ensemble.apply(ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, only_mask),
+                                                  s["probs"], None, s["mask_fraction"]).refer,
+        "unfamiliar_rule": lambda s: ensemble.apply(unfam_spec, s["probs"], s["ood"], s["mask_fraction"]).refer,
+        "combined": lambda s: ensemble.apply(combo_spec, s["probs"], s["ood"], s["mask_fraction"]).refer,
+        "combined_all_signals": lambda s: ensemble.apply(combo_all, s["probs"], s["ood"], s["mask_fraction"]).refer,
+    }
+    if spec.referral:
+        out["ensemble_json"] = lambda s: ensemble.apply(spec, s["probs"], s["ood"], s["mask_fraction"]).refer
+    return out, combo
+
+
+def _maha_union(s, bs, thr) -> np.ndarray:
+    return np.any([s["ood"][b] > thr[b] for b in bs], axis=0)
+
+
+def load_or_default_spec(run_dir: str, backbones) -> ensemble.EnsembleSpec:
+    if storage.exists(ensemble.spec_uri(run_dir)):
+        return ensemble.load_spec(run_dir)
+    classes = ensemble.model_classes(run_dir, backbones[0])
+    return ensemble.EnsembleSpec(tuple(backbones), classes, (1 / len(backbones),) * len(backbones), 0.7)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--backbones", default=None, help="default: ensemble.json's, else densenet201,resnet50")
+    p.add_argument("--limit", type=int, default=300, help="test images (each gives one OOD image per kind)")
+    p.add_argument("--val-limit", type=int, default=None, help="validation images for fitting (default all)")
+    p.add_argument("--kinds", default=",".join(oodset.KINDS))
+    p.add_argument("--target-coverage", type=float, default=0.98)
+    p.add_argument("--signals", default=",".join(ensemble.DEFAULT_SIGNALS),
+                   help=f"signals of the 'combined' rule, from {','.join(ensemble.SIGNALS)}")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-ood", default=None, help="also write the OOD PNGs to this folder")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    spec0 = load_or_default_spec(a.run_dir, a.backbones.split(",") if a.backbones else ["densenet201", "resnet50"])
+    bs = tuple(a.backbones.split(",")) if a.backbones else spec0.backbones
+    spec = spec0 if bs == spec0.backbones else ensemble.EnsembleSpec(bs, spec0.classes, (1 / len(bs),) * len(bs), spec0.gamma)
+    val_data, val_y, _ = split_images(a.run_dir, schema.VAL, a.val_limit, a.seed)
+    test_data, test_y, _ = split_images(a.run_dir, schema.TEST, a.limit, a.seed)
+    kinds = [k for k in a.kinds.split(",") if k]
+    with ThreadPoolExecutor() as ex:
+        items = [x for part in ex.map(lambda k: oodset.build([decode_rgb(d) for d in test_data], a.seed, [k]), kinds)
+                 for x in part]
+        ood_data = list(ex.map(lambda it: encode_png(it[2]), items))
+    if a.write_ood:
+        oodset.write(items, a.write_ood)
+    sig = {name: signals(a.run_dir, bs, d, a.device, a.batch_size)
+           for name, d in (("val", val_data), ("test", test_data), ("ood", ood_data))}
+    fitted, combo = methods(spec, sig["val"], a.target_coverage, tuple(a.signals.split(",")))
+    kind_of = np.array([k for k, _, _ in items])
+    results = {}
+    print(f"{'method':<22} {'val cov':>8} {'test cov':>9} {'OOD refer':>10}   per kind")
+    for name, fn in fitted.items():
+        r_val, r_test, r_ood = fn(sig["val"]), fn(sig["test"]), fn(sig["ood"])
+        per_kind = {k: float(r_ood[kind_of == k].mean()) for k in kinds}
+        results[name] = {"val_coverage": float(1 - r_val.mean()), "test_coverage": float(1 - r_test.mean()),
+                         "ood_referred": float(r_ood.mean()), "per_kind": per_kind}
+        print(f"{name:<22} {1 - r_val.mean():8.4f} {1 - r_test.mean():9.4f} {r_ood.mean():10.4f}   "
+              + " ".join(f"{k}={v:.2f}" for k, v in per_kind.items()))
+    acc = {b: float((sig["test"]["probs"][b].argmax(1) == test_y).mean()) for b in bs}
+    print(json.dumps({"bench": "ood_referral", "device": a.device, "backbones": list(bs), "n_val": len(val_data),
+                      "n_test": len(test_data), "n_ood": len(items), "target_coverage": a.target_coverage,
+                      "test_accuracy": acc, "val_accuracy": {b: float((sig["val"]["probs"][b].argmax(1) == val_y).mean()) for b in bs},
+                      "combined_rule": combo, "methods": results, "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

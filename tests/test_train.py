@@ -1,0 +1,172 @@
+"""Train stage: the recipe's pieces without Ray, then real Ray Train runs on a subset of the real images.
+
+The Ray runs use test_resnet at 64 px on 16 images per class (9 train / 1 val / 6 test each).
+Ray Train's local mode (num_workers=0) keeps no checkpoints, so the end-to-end runs use real workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alle_dist import augment, backbones, catalog, config, modelio, schema, storage, train
+from alle_dist.config import PrepareConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--backbone", "test_resnet", "--pretrained", "none", "--image-size", "64", "--batch-size", "8"]
+
+
+def make_run(run_dir: Path, src: Path, per_class: int = 16) -> str:
+    """A manifest over the first `per_class` real images of each class (Ray-free catalog core)."""
+    picked = {}
+    for rel, cls in catalog.list_labelled(str(src)):
+        picked.setdefault(cls, [])
+        if len(picked[cls]) < per_class:
+            picked[cls].append(rel)
+    rows = [catalog.check_file(str(src), rel, cls) for cls, rels in sorted(picked.items()) for rel in rels]
+    storage.write_parquet(catalog.manifest_table(rows, str(src), 0, PrepareConfig()),
+                          storage.join(str(run_dir), catalog.MANIFEST_FILE))
+    return str(run_dir)
+
+
+def job(**train_overrides):
+    return config.job_config(None, train={"backbone": "test_resnet", "pretrained": "none", "image_size": 64,
+                                          "batch_size": 8, **train_overrides})
+
+
+def epochs_of(meta) -> list[int]:
+    return [e["epoch"] for e in meta["epochs"]]
+
+
+# ---------------------------------------------------------------- Ray-free core
+
+def test_split_rows_limit_is_a_stable_subset(tmp_path, leukemia_dir):
+    table, _, _ = catalog.read_manifest(make_run(tmp_path, leukemia_dir, per_class=8))
+    full = train.split_rows(table, schema.TRAIN, None, 0)
+    assert set(full.column("split").to_pylist()) == {schema.TRAIN}
+    a, b = train.split_rows(table, schema.TRAIN, 5, 0), train.split_rows(table, schema.TRAIN, 5, 0)
+    assert a.num_rows == 5 and a.column("path").to_pylist() == b.column("path").to_pylist()
+    assert set(a.column("path").to_pylist()) <= set(full.column("path").to_pylist())
+    assert train.run_name("/x/run", "resnet50") == train.run_name("/x/run/", "resnet50") != train.run_name("/y", "resnet50")
+
+
+def test_loss_decreases_on_real_images(leukemia_dir):
+    """The recipe's step (uint8 → normalise → Adam, CE) fits a few real segmented images."""
+    from alle_dist.config import SegmentConfig
+
+    by: dict[str, list[str]] = {}
+    for rel, c in catalog.list_labelled(str(leukemia_dir)):
+        by.setdefault(c, []).append(rel)
+    picked = [(rel, i) for i, c in enumerate(sorted(by)) for rel in by[c][:4]]
+    imgs = np.stack([augment.load_image(storage.read_bytes(str(leukemia_dir / r)), 64, SegmentConfig())[0]
+                     for r, _ in picked])
+    batch = {"image": torch.from_numpy(imgs), "label": torch.tensor([i for _, i in picked])}
+    torch.manual_seed(0)
+    model = backbones.create("test_resnet", 4, "none")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mean, std = (torch.tensor(v) for v in backbones.default_normalisation("test_resnet"))
+    losses = [train.train_epoch(model, opt, [batch], 64, mean, std, amp=False)[0] / len(picked) for _ in range(8)]
+    assert losses[-1] < 0.7 * losses[0], losses
+    loss, correct, n = train.evaluate(model, [batch], 64, mean, std, amp=False)
+    assert n == len(picked) and 0 <= correct <= n and np.isfinite(loss)
+
+
+def test_checkpoint_round_trip_and_damage(tmp_path):
+    """Model + Adam state survive a checkpoint exactly (next step identical); damage is refused."""
+    torch.manual_seed(0)
+    model = backbones.create("test_resnet", 4, "none")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.5)
+    train.train_step(model, opt, x, y, 64, mean, std, False)
+    meta = {"architecture": "test_resnet", "classes": list("abcd"), "image_size": 64, "mean": [0.5] * 3,
+            "std": [0.5] * 3, "epochs": [{"epoch": 1}]}
+    train.write_checkpoint(str(tmp_path), model, opt, meta)
+    state, opt_tensors, got = train.read_checkpoint(str(tmp_path))
+    model2 = backbones.create("test_resnet", 4, "none")
+    model2.load_state_dict(state)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
+    train.restore_optimizer(opt2, opt_tensors, got["optimizer"]["param_groups"])
+    for m, o in ((model, opt), (model2, opt2)):
+        torch.manual_seed(1)
+        train.train_step(m, o, x, y, 64, mean, std, False)
+    assert train.replica_digest(model) == train.replica_digest(model2)
+    weights = tmp_path / train.OPTIMIZER_FILE
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\xff\xff\xff\xff")
+    with pytest.raises(modelio.ModelIntegrityError, match="sha256"):
+        train.read_checkpoint(str(tmp_path))
+
+
+# ---------------------------------------------------------------- real Ray Train runs
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_failure_in_epoch_2_resumes_and_finishes(tmp_path, leukemia_dir, ray_local, monkeypatch):
+    run = make_run(tmp_path / "run", leukemia_dir)
+    monkeypatch.setenv(train.FAIL_ENV, "2")
+    meta = train.train_backbone(run, job(epochs=3, workers=2, max_failures=1))
+    out = Path(train.model_dir(run, "test_resnet"))
+    # A worker died at the start of epoch 2: the group restarted from the epoch-1 checkpoint.
+    assert epochs_of(meta) == [1, 2, 3] and meta["resumed_at"] == [2]
+    for e in meta["epochs"]:
+        assert e["world_size"] == 2 and len(set(e["replica_digests"])) == 1   # gradients synchronised
+    # The published model is the best checkpoint, bit-exact, and loads back.
+    model, loaded = modelio.load_model(str(out))
+    assert loaded["sha256"] == meta["sha256"]
+    best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
+    assert train.replica_digest(model) == best["replica_digests"][0]
+    assert (out / "last" / "meta.json").exists() and json.loads((out / "oversampling.json").read_text())
+    table, _, classes = catalog.read_manifest(run)
+    for split in (schema.VAL, schema.TEST):
+        probs = storage.read_parquet(str(out / f"{split}_probs.parquet"))
+        assert probs.schema.equals(schema.probs_schema(classes))
+        expected = sorted(p for p, s in zip(table.column("path").to_pylist(), table.column("split").to_pylist())
+                          if s == split)
+        assert probs.column("path").to_pylist() == expected                  # one row per image
+        p = np.stack([probs.column(schema.prob_column(c)).to_numpy() for c in classes], 1)
+        np.testing.assert_allclose(p.sum(1), 1, atol=1e-4)
+    assert set(modelio.load_ood(str(out))) >= {"means", "precision"}
+    # The same command again: finished, not retrained.
+    monkeypatch.delenv(train.FAIL_ENV)
+    t0 = time.perf_counter()
+    assert train.train_backbone(run, job(epochs=3, workers=2)) == modelio.read_meta(str(out))
+    assert time.perf_counter() - t0 < 5
+    # A damaged latest checkpoint stops a resume with a clear error before any worker starts.
+    (out / "test_probs.parquet").unlink()
+    ckpts = sorted(p for p in (out / "checkpoints").glob("*/checkpoint_*") if p.is_dir())  # by time stamp
+    w = ckpts[-1] / modelio.WEIGHTS_FILE
+    w.write_bytes(w.read_bytes()[:-1] + bytes([w.read_bytes()[-1] ^ 1]))
+    with pytest.raises(modelio.ModelIntegrityError, match="sha256"):
+        train.train_backbone(run, job(epochs=3, workers=2))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_driver_then_same_command_resumes(tmp_path, leukemia_dir, ray_local):
+    run = make_run(tmp_path / "run", leukemia_dir)
+    cmd = [sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--run-dir", run, *ARGS,
+           "--epochs", "3", "--workers", "1", "--num-cpus", "3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt_root = Path(train.model_dir(run, "test_resnet")) / "checkpoints"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(ckpt_root.glob("*/checkpoint_*/meta.json")):
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.5)
+        assert list(ckpt_root.glob("*/checkpoint_*/meta.json")), "no checkpoint within 240 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started
+        proc.wait()
+    # The same command (here in-process, on the test's Ray) picks the run up where it stopped.
+    meta = train.train_backbone(run, job(epochs=3, workers=1))
+    assert epochs_of(meta) == [1, 2, 3] and len(meta["resumed_at"]) == 1 and meta["resumed_at"][0] >= 2
