@@ -228,7 +228,7 @@ def _check_same_models(dst: str, manifest: dict, models: Models) -> None:
 
 
 def build_dataset(plan: JobPlan):
-    """list → read + decode + segment (CPU tasks) → models (actor pool) as a lazy Ray Data dataset."""
+    """read + decode + segment (tasks) → models (actor pool) → OOD + ensemble (tasks), lazily."""
     import ray.data
 
     cfg = plan.cfg
@@ -254,6 +254,9 @@ def _actor_layout(cfg: ClassifyConfig) -> tuple[int, str, dict, int]:
     from .runtime import cluster_cpus, cluster_gpus
 
     gpus = cfg.gpus if cfg.gpus is not None else cluster_gpus()
+    if gpus > cluster_gpus():   # an actor asking for a GPU the cluster lacks would wait forever
+        raise ConfigError(f"--gpus {gpus}: the Ray cluster has {cluster_gpus()} GPU(s); use --gpus "
+                          f"{cluster_gpus()} (0 = CPU actors)")
     if gpus > 0:
         return gpus, "cuda", {"num_gpus": 1, "num_cpus": 1}, 1
     cpus = cluster_cpus()

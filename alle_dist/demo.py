@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     for b in backbones:
         _run("train", ["--run-dir", run, "--backbone", b, "--epochs", args.epochs, "--image-size",
                        args.image_size, "--pretrained", "none", "--seed", args.seed, "--lr", "3e-3"])
-    _run("tune", ["--run-dir", run, "--backbones", args.backbones])
+    _run("tune", ["--run-dir", run, "--backbones", args.backbones, "--num-samples", 10])
     _run("evaluate", ["--run-dir", run])
     out = storage.join(run, "classified")
     _run("classify", ["--run-dir", run, "--input", data, "--output", out])
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def summary(run: str, out: str, seconds: float) -> str:
-    from .classify import read_results
+    from .classify_io import read_results
 
     metrics = storage.read_json(storage.join(run, "report", "metrics.json"))
     rows = read_results(out)

@@ -116,6 +116,15 @@ def _maha_union(s, bs, thr) -> np.ndarray:
     return np.any([s["ood"][b] > thr[b] for b in bs], axis=0)
 
 
+def save_signals(path: str, sig: dict, val_y, test_y, kinds) -> None:
+    arrays = {"val_y": val_y, "test_y": test_y, "ood_kind": np.array(kinds)}
+    for split, s in sig.items():
+        arrays[f"{split}_mask_fraction"] = s["mask_fraction"]
+        for b in s["probs"]:
+            arrays[f"{split}_{b}_probs"], arrays[f"{split}_{b}_ood"] = s["probs"][b], s["ood"][b]
+    np.savez_compressed(path, **arrays)
+
+
 def load_or_default_spec(run_dir: str, backbones) -> ensemble.EnsembleSpec:
     if storage.exists(ensemble.spec_uri(run_dir)):
         return ensemble.load_spec(run_dir)
@@ -137,6 +146,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-ood", default=None, help="also write the OOD PNGs to this folder")
+    p.add_argument("--save-signals", default=None, metavar="FILE.npz",
+                   help="save every measured signal (probs, ood scores, mask fractions, labels, OOD kinds) "
+                        "to refit referral rules offline")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     spec0 = load_or_default_spec(a.run_dir, a.backbones.split(",") if a.backbones else ["densenet201", "resnet50"])
@@ -153,6 +165,8 @@ def main(argv=None) -> int:
         oodset.write(items, a.write_ood)
     sig = {name: signals(a.run_dir, bs, d, a.device, a.batch_size)
            for name, d in (("val", val_data), ("test", test_data), ("ood", ood_data))}
+    if a.save_signals:
+        save_signals(a.save_signals, sig, val_y, test_y, [k for k, _, _ in items])
     fitted, combo = methods(spec, sig["val"], a.target_coverage, tuple(a.signals.split(",")))
     kind_of = np.array([k for k, _, _ in items])
     results = {}

@@ -176,10 +176,10 @@ def _rss_mb() -> float:
 @pytest.mark.slow
 def test_driver_memory_stays_flat_over_20000_images(ray_local, tmp_path):
     n = 20_000
-    run = make_run_dir(tmp_path / "run", image_size=32)
+    run = make_run_dir(tmp_path / "run", backbones=("test_resnet",), image_size=32)   # the cheapest model
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_images(src, n, size=32)                  # 32x32 JPEGs; collected as images: ~60 MB more
-    job = JobConfig(classify=ClassifyConfig(batch_size=250, rows_per_file=2000, cpu_workers=1))
+    job = JobConfig(classify=ClassifyConfig(batch_size=500, rows_per_file=2000, cpu_workers=1))
     samples = []
     stop = threading.Event()
 

@@ -80,7 +80,7 @@ def submit(head, stage, *args, timeout=900):
 
 def test_pipeline_as_ray_jobs(ray_head, s3_bucket, tmp_path):
     from alle_dist import catalog, storage, synthetic
-    from alle_dist.classify import read_results
+    from alle_dist.classify_io import read_results
     from ray.job_submission import JobSubmissionClient
 
     synth = synthetic.generate(tmp_path / "synth", n_per_class=24, seed=0, size=64)
