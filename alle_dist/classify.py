@@ -1,8 +1,10 @@
 """Classify images in bulk: image store → segmentation → both backbones + ensemble → Parquet, exactly once.
 
-Core (Ray-free): `resolve_models(run_dir)` and `Classifier` (prepared rows → result rows).
-Ray shell: `plan_job` (list, skip what DST already holds) → `execute` (read + decode tasks → one
-model actor per GPU, or CPU actors → the driver's exactly-once writer → reconciliation).
+Core (Ray-free): `resolve_models(run_dir)`, `ModelRunner` (prepared rows → model outputs, the GPU
+half), `Decider` (model outputs → result rows: OOD, ensemble, referral), `Classifier` (both).
+Ray shell: `plan_job` (check models, list, skip what DST already holds) → `execute` (read + decode
+tasks → one model actor per GPU, or CPU actors → decider tasks → the driver's exactly-once writer
+→ reconciliation); `run_job` = both.
 Design, row schema and failure behaviour: docs/classify.md.
 """
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,8 +22,6 @@ import pyarrow.compute as pc
 
 from . import __version__, classify_io, ensemble, modelio, ood, schema, storage
 from .config import ClassifyConfig, ConfigError, JobConfig, SegmentConfig
-
-log = logging.getLogger(__name__)
 
 # Parquet key-value metadata of every part (never anything from the environment: no credentials).
 META_RUN_ID, META_MODEL = b"alle_dist.run_id", b"alle_dist.model_sha256"

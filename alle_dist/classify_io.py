@@ -142,7 +142,7 @@ def read_input(uri: str) -> bytes:
         raise InputError("vanished between listing and reading (not found)") from None
     except OSError as exc:
         text = str(exc)
-        if storage.is_s3(uri) and ("ACCESS_DENIED" in text or "AccessDenied" in text or "403" in text):
+        if storage.is_s3(uri) and any(k in text for k in ("ACCESS_DENIED", "AccessDenied", "HTTP status 403")):
             raise storage.StorageError(f"{uri}: access denied (HTTP 403); check the AWS credentials "
                                        "and the bucket policy (s3:GetObject)") from None
         if storage.is_s3(uri) and "NoSuchKey" not in text and "does not exist" not in text:

@@ -27,8 +27,8 @@ from .predict import to_model_input
 log = logging.getLogger("alle_dist.train")
 
 OPTIMIZER_FILE = "optimizer.safetensors"
-# Test hook: a worker raises once at the start of this epoch (only in an attempt that did not
-# restore a checkpoint), to exercise FailureConfig restarts. Read by the driver, passed in config.
+# Test hook: a worker raises once at the start of this epoch, to exercise FailureConfig restarts.
+# Read by the driver, passed in the loop config.
 FAIL_ENV = "ALLE_DIST_FAIL_AT_EPOCH"
 DONE_FILES = (modelio.META_FILE, modelio.OOD_FILE, "val_probs.parquet", "test_probs.parquet")
 
@@ -199,6 +199,16 @@ def _setup(cfg: dict, device):
     return model, opt, list(meta.get("epochs", [])), list(meta.get("resumed_at", []))
 
 
+def _maybe_fail(cfg: dict, epoch: int, last_rank: bool) -> None:
+    """The FAIL_ENV test hook: the last rank raises once at the start of that epoch (a marker file
+    beside the checkpoints remembers that it did, across restarts and drivers)."""
+    marker = cfg.get("fail_marker")
+    if epoch != cfg.get("fail_at_epoch") or not last_rank or storage.exists(marker):
+        return
+    storage.write_bytes(marker, b"injected\n")
+    raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_ENV})")
+
+
 def train_loop(cfg: dict) -> None:
     """Ray Train worker: the paper's recipe (Adam, CE) with per-epoch validation and checkpoints."""
     import ray.train
@@ -217,10 +227,8 @@ def train_loop(cfg: dict) -> None:
     std = torch.tensor(cfg["std"], device=device)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     size, bs = cfg["image_size"], cfg["batch_size"]
-    fresh = not history  # this attempt started from scratch (no checkpoint restored)
     for epoch in range(start, cfg["epochs"] + 1):
-        if epoch == cfg.get("fail_at_epoch") and fresh and rank == world - 1:
-            raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_ENV})")
+        _maybe_fail(cfg, epoch, rank == world - 1)
         torch.manual_seed(cfg["seed"] * 1000 + epoch * 10 + rank)  # dropout etc.: reproducible per epoch
         t0 = time.perf_counter()
         batches = train_shard.iter_torch_batches(batch_size=bs, device=device, local_shuffle_buffer_size=4 * bs,
@@ -303,10 +311,11 @@ def _loop_config(run_dir: str, jcfg, backbone: str, classes: list[str], name: st
             "std": list(std), "pretrained": cfg.pretrained, "run_dir": str(run_dir), "run_name": name,
             "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}
     fail_at = os.environ.get(FAIL_ENV)
+    marker = storage.join(model_dir(run_dir, backbone), "checkpoints", name, f"injected_failure_{fail_at}")
     return {"backbone": backbone, "classes": classes, "image_size": size, "mean": list(mean), "std": list(std),
             "pretrained": cfg.pretrained, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "seed": cfg.seed, "compile": cfg.compile, "fail_at_epoch": int(fail_at) if fail_at else None,
-            "meta": meta}
+            "seed": cfg.seed, "compile": cfg.compile, "meta": meta,
+            "fail_at_epoch": int(fail_at) if fail_at else None, "fail_marker": marker}
 
 
 def fit(run_dir: str, jcfg, backbone: str, classes: list[str], datasets: dict):

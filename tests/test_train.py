@@ -107,15 +107,36 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
 
 # ---------------------------------------------------------------- real Ray Train runs
 
+def _run_until_first_checkpoint_then_kill(run: str, ckpt_root: Path) -> None:
+    """`alle-dist train` (ray_jobs/train.py) in its own process session, SIGKILLed after epoch 1."""
+    cmd = [sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--run-dir", run, *ARGS,
+           "--epochs", "3", "--workers", "2", "--num-cpus", "3"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(ckpt_root.glob("*/checkpoint_*/meta.json")):
+            if proc.poll() is not None:
+                pytest.fail(f"training ended before it could be killed: {proc.stderr.read()[-2000:]!r}")
+            time.sleep(0.5)
+        assert list(ckpt_root.glob("*/checkpoint_*/meta.json")), "no checkpoint within 300 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started (its session)
+        proc.wait()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_two_workers_failure_in_epoch_2_resumes_and_finishes(tmp_path, leukemia_dir, ray_local, monkeypatch):
+def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, leukemia_dir, ray_local,
+                                                                       monkeypatch):
     run = make_run(tmp_path / "run", leukemia_dir)
-    monkeypatch.setenv(train.FAIL_ENV, "2")
-    meta = train.train_backbone(run, job(epochs=3, workers=2, max_failures=1))
     out = Path(train.model_dir(run, "test_resnet"))
-    # A worker died at the start of epoch 2: the group restarted from the epoch-1 checkpoint.
-    assert epochs_of(meta) == [1, 2, 3] and meta["resumed_at"] == [2]
+    _run_until_first_checkpoint_then_kill(run, out / "checkpoints")
+    # The same command again (in-process, on the test's Ray) resumes; a worker dies at the start of
+    # epoch 3 and the group restarts from the epoch-2 checkpoint.
+    monkeypatch.setenv(train.FAIL_ENV, "3")
+    meta = train.train_backbone(run, job(epochs=3, workers=2, max_failures=1))
+    assert epochs_of(meta) == [1, 2, 3]                                  # no epoch trained twice
+    assert meta["resumed_at"][-1] == 3 and len(meta["resumed_at"]) == 2 and meta["resumed_at"][0] >= 2
     for e in meta["epochs"]:
         assert e["world_size"] == 2 and len(set(e["replica_digests"])) == 1   # gradients synchronised
     # The published model is the best checkpoint, bit-exact, and loads back.
@@ -124,6 +145,7 @@ def test_two_workers_failure_in_epoch_2_resumes_and_finishes(tmp_path, leukemia_
     best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
     assert train.replica_digest(model) == best["replica_digests"][0]
     assert (out / "last" / "meta.json").exists() and json.loads((out / "oversampling.json").read_text())
+    assert (out / "train_config.yaml").exists()
     table, _, classes = catalog.read_manifest(run)
     for split in (schema.VAL, schema.TEST):
         probs = storage.read_parquet(str(out / f"{split}_probs.parquet"))
@@ -134,7 +156,7 @@ def test_two_workers_failure_in_epoch_2_resumes_and_finishes(tmp_path, leukemia_
         p = np.stack([probs.column(schema.prob_column(c)).to_numpy() for c in classes], 1)
         np.testing.assert_allclose(p.sum(1), 1, atol=1e-4)
     assert set(modelio.load_ood(str(out))) >= {"means", "precision"}
-    # The same command again: finished, not retrained.
+    # The same command once more: finished, not retrained.
     monkeypatch.delenv(train.FAIL_ENV)
     t0 = time.perf_counter()
     assert train.train_backbone(run, job(epochs=3, workers=2)) == modelio.read_meta(str(out))
@@ -143,30 +165,7 @@ def test_two_workers_failure_in_epoch_2_resumes_and_finishes(tmp_path, leukemia_
     (out / "test_probs.parquet").unlink()
     ckpts = sorted(p for p in (out / "checkpoints").glob("*/checkpoint_*") if p.is_dir())  # by time stamp
     w = ckpts[-1] / modelio.WEIGHTS_FILE
-    w.write_bytes(w.read_bytes()[:-1] + bytes([w.read_bytes()[-1] ^ 1]))
+    data = w.read_bytes()
+    w.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(modelio.ModelIntegrityError, match="sha256"):
         train.train_backbone(run, job(epochs=3, workers=2))
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_killed_driver_then_same_command_resumes(tmp_path, leukemia_dir, ray_local):
-    run = make_run(tmp_path / "run", leukemia_dir)
-    cmd = [sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--run-dir", run, *ARGS,
-           "--epochs", "3", "--workers", "1", "--num-cpus", "3"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckpt_root = Path(train.model_dir(run, "test_resnet")) / "checkpoints"
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not list(ckpt_root.glob("*/checkpoint_*/meta.json")):
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.5)
-        assert list(ckpt_root.glob("*/checkpoint_*/meta.json")), "no checkpoint within 240 s"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started
-        proc.wait()
-    # The same command (here in-process, on the test's Ray) picks the run up where it stopped.
-    meta = train.train_backbone(run, job(epochs=3, workers=1))
-    assert epochs_of(meta) == [1, 2, 3] and len(meta["resumed_at"]) == 1 and meta["resumed_at"][0] >= 2
