@@ -67,8 +67,8 @@ def summary(run: str, out: str, seconds: float) -> str:
     lines = [
         "", "alle_dist demo: summary",
         f"  test images                 {metrics['n']}",
-        f"  ensemble test accuracy      {metrics['overall']['accuracy']:.3f} (referrals counted as errors: "
-        f"{metrics.get('accuracy_referral_as_error', float('nan')):.3f})",
+        f"  ensemble test accuracy      {metrics['overall']['accuracy']:.3f} (a referral counts as an error)",
+        f"  accuracy on accepted images {_fmt(metrics.get('accuracy_on_accepted'))}",
         f"  coverage (not referred)     {metrics['coverage']:.3f}",
         f"  classified images           {rows.num_rows} ({len(ok)} ok), referred {referred} "
         f"({referred / max(len(ok), 1):.1%})",
@@ -78,3 +78,6 @@ def summary(run: str, out: str, seconds: float) -> str:
     ]
     return "\n".join(lines)
 
+
+def _fmt(value) -> str:
+    return "n/a (every image referred)" if value is None else f"{value:.3f}"

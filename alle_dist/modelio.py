@@ -1,5 +1,8 @@
 """Model files: `model.safetensors` + `meta.json`, local or s3://; sha256 checked on every load.
 
+Also the side files of a model folder (`ood.safetensors`) and training checkpoints (the model files
+plus `optimizer.safetensors`, the Adam state without pickle).
+
 Never pickles: weights (and optimiser state, OOD statistics) are safetensors, everything else JSON.
 A file whose bytes don't match the sha256 recorded beside it, or that won't parse, raises
 `ModelIntegrityError`: a damaged model or checkpoint is an error, never a silent fresh start.
@@ -144,3 +147,40 @@ def load_ood(model_dir: str) -> dict:
         raise StorageError(f"{model_dir}: no OOD statistics recorded; rerun `alle-dist train` for this backbone")
     tensors = load_tensors(storage.join(model_dir, meta["ood"]["file"]), meta["ood"]["sha256"])
     return {k: v.numpy() for k, v in tensors.items()}
+
+
+# ---------------------------------------------------------------- training checkpoints
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """(tensors for safetensors, JSON param groups): an optimizer state without pickle."""
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def write_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
+    """A training checkpoint: the model files plus the optimizer state, both sha256-recorded."""
+    tensors, groups = optimizer_state(opt)
+    sha = save_tensors(storage.join(path, OPTIMIZER_FILE), tensors)
+    save_model(path, model, {**meta, "optimizer": {"file": OPTIMIZER_FILE, "sha256": sha, "param_groups": groups}})
+
+
+def read_checkpoint(path: str) -> tuple[dict, dict, dict]:
+    """(model state, optimizer tensors, meta) of a checkpoint folder; sha256 checked on both files."""
+    state, meta = load_state(path)
+    opt = meta.get("optimizer") or {}
+    if "sha256" not in opt:
+        raise ModelIntegrityError(f"{path}: checkpoint meta.json has no optimizer record; "
+                                  "train again with --retrain or restore the checkpoint")
+    return state, load_tensors(storage.join(path, opt["file"]), opt["sha256"]), meta

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 log = logging.getLogger("alle_dist")
 
@@ -50,3 +51,22 @@ def cluster_cpus() -> int:
 def cluster_gpus() -> int:
     import ray
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+# Credentials that must never reach a runtime_env (Ray logs runtime_envs in runtime_env_agent.log).
+SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+@contextmanager
+def secrets_hidden_from_ray():
+    """Hide AWS keys from the driver's environment while Ray Tune starts trials.
+
+    Tune copies these variables from the driver into every trial actor's runtime_env, and Ray's
+    runtime-env agent writes that runtime_env, keys included, to its log. Trial processes inherit
+    the variables from their raylet anyway (or use an instance role), so they lose nothing.
+    """
+    saved = {k: os.environ.pop(k) for k in SECRET_ENV_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

@@ -1,7 +1,6 @@
 """Train backbones: Ray Train DDP fine-tuning with the paper's recipe, checkpoints that resume.
 
-Core (Ray-free): `split_rows`, `run_name`, `train_epoch`, `evaluate`, `optimizer_state`,
-`restore_optimizer`, `replica_digest`. Ray shell: `train_loop` runs on each Train worker (one per
+Core (Ray-free): `split_rows`, `run_name`, `train_epoch`, `evaluate`, `replica_digest`. Ray shell: `train_loop` runs on each Train worker (one per
 GPU; gloo CPU workers without GPUs), fed by Ray Data shards; `train_backbone` drives one backbone:
 manifest → oversample (train split) → segment + augment → TorchTrainer → best / last model →
 probabilities and OOD statistics with the best model. Writes RUN/models/<backbone>/.
@@ -26,7 +25,6 @@ from .predict import to_model_input
 
 log = logging.getLogger("alle_dist.train")
 
-OPTIMIZER_FILE = "optimizer.safetensors"
 # Test hook: a worker raises once at the start of this epoch, to exercise FailureConfig restarts.
 # Read by the driver, passed in the loop config.
 FAIL_ENV = "ALLE_DIST_FAIL_AT_EPOCH"
@@ -99,21 +97,6 @@ def evaluate(model, batches, image_size: int, mean, std, amp: bool) -> tuple[flo
     return total, correct, n
 
 
-def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    """(tensors for safetensors, JSON param groups): an optimizer state without pickle."""
-    sd = opt.state_dict()
-    tensors = {f"{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
-
-
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def replica_digest(model: torch.nn.Module) -> str:
     """sha256 of the parameters: equal on every DDP rank when gradients are synchronised."""
     h = hashlib.sha256()
@@ -130,25 +113,6 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"alle_dist": __version__, "ray": ray.__version__, "torch": torch.__version__, "timm": timm.__version__}
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def write_checkpoint(path: str, model, opt, meta: dict) -> None:
-    tensors, groups = optimizer_state(opt)
-    sha = modelio.save_tensors(os.path.join(path, OPTIMIZER_FILE), tensors)
-    modelio.save_model(path, model, {**meta, "optimizer": {"file": OPTIMIZER_FILE, "sha256": sha,
-                                                           "param_groups": groups}})
-
-
-def read_checkpoint(path: str) -> tuple[dict, dict, dict]:
-    """(model state, optimizer tensors, meta) of a checkpoint folder; sha256 checked on both files."""
-    state, meta = modelio.load_state(path)
-    opt = meta.get("optimizer") or {}
-    if "sha256" not in opt:
-        raise modelio.ModelIntegrityError(f"{path}: checkpoint meta.json has no optimizer record; "
-                                          "retrain with --retrain or restore the checkpoint")
-    return state, modelio.load_tensors(storage.join(path, opt["file"]), opt["sha256"]), meta
 
 
 # ---------------------------------------------------------------- Ray Train worker
@@ -183,7 +147,7 @@ def _setup(cfg: dict, device):
     restored = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            restored = read_checkpoint(d)
+            restored = modelio.read_checkpoint(d)
     model = backbones.create(cfg["backbone"], len(cfg["classes"]), "none" if restored else cfg["pretrained"])
     if restored:
         model.load_state_dict(restored[0])
@@ -195,7 +159,7 @@ def _setup(cfg: dict, device):
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     meta = restored[2] if restored else {}
     if restored:
-        restore_optimizer(opt, restored[1], meta["optimizer"]["param_groups"])
+        modelio.restore_optimizer(opt, restored[1], meta["optimizer"]["param_groups"])
     return model, opt, list(meta.get("epochs", [])), list(meta.get("resumed_at", []))
 
 
@@ -249,7 +213,7 @@ def train_loop(cfg: dict) -> None:
             ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as d:
-            write_checkpoint(d, model, opt, {**cfg["meta"], "epochs": history, "resumed_at": resumed_at})
+            modelio.write_checkpoint(d, model, opt, {**cfg["meta"], "epochs": history, "resumed_at": resumed_at})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -300,7 +264,7 @@ def latest_checkpoint_meta(out: str, name: str) -> dict | None:
     if result.checkpoint is None:
         return None
     with result.checkpoint.as_directory() as d:
-        return read_checkpoint(d)[2]
+        return modelio.read_checkpoint(d)[2]
 
 
 def _loop_config(run_dir: str, jcfg, backbone: str, classes: list[str], name: str) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 from . import config as config_mod
 from . import ensemble, storage
 from .cli import UsageError
+from .runtime import secrets_hidden_from_ray
 
 log = logging.getLogger("alle_dist.tune")
 
@@ -133,7 +134,8 @@ def search(data: ensemble.SplitProbs, temperatures, cfg: config_mod.TuneConfig) 
                                         max_concurrent_trials=cfg.max_concurrent_trials),
             run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0),
         )
-        results = tuner.fit()
+        with secrets_hidden_from_ray():
+            results = tuner.fit()
         errors = [r.error for r in results if r.error]
         if errors:
             raise RuntimeError(f"{len(errors)} tune trial(s) failed; first: {errors[0]}")
@@ -225,7 +227,8 @@ def tune_training(run_dir: str, job) -> dict:
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(random_state=cfg.seed), max_concurrent_trials=1),
             run_config=tune.RunConfig(name=f"training-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0))
-        results = tuner.fit()
+        with secrets_hidden_from_ray():
+            results = tuner.fit()
         errors = [r.error for r in results if r.error]
         if errors:
             raise RuntimeError(f"{len(errors)} training trial(s) failed; first: {errors[0]}")

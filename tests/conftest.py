@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def _free_port() -> int:
 # Fake S3 settings go into the environment before any Ray starts, so Ray workers inherit them
 # exactly as a user's workers inherit AWS_ENDPOINT_URL. The keys are fake (moto accepts any).
 S3_PORT = _free_port()
-FAKE_KEY_ID, FAKE_SECRET = "AKIAFAKETESTKEY00001", "fake/secret+Never-Log-Me-0123456789abcdef"
+# Made at run time, so the secret is in no source file (the job tests upload the working dir).
+FAKE_KEY_ID = "AKIAFAKE" + secrets.token_hex(6).upper()
+FAKE_SECRET = "fake/secret+" + secrets.token_hex(16)
 os.environ.setdefault("AWS_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)

@@ -89,20 +89,20 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
     train.train_step(model, opt, x, y, 64, mean, std, False)
     meta = {"architecture": "test_resnet", "classes": list("abcd"), "image_size": 64, "mean": [0.5] * 3,
             "std": [0.5] * 3, "epochs": [{"epoch": 1}]}
-    train.write_checkpoint(str(tmp_path), model, opt, meta)
-    state, opt_tensors, got = train.read_checkpoint(str(tmp_path))
+    modelio.write_checkpoint(str(tmp_path), model, opt, meta)
+    state, opt_tensors, got = modelio.read_checkpoint(str(tmp_path))
     model2 = backbones.create("test_resnet", 4, "none")
     model2.load_state_dict(state)
     opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
-    train.restore_optimizer(opt2, opt_tensors, got["optimizer"]["param_groups"])
+    modelio.restore_optimizer(opt2, opt_tensors, got["optimizer"]["param_groups"])
     for m, o in ((model, opt), (model2, opt2)):
         torch.manual_seed(1)
         train.train_step(m, o, x, y, 64, mean, std, False)
     assert train.replica_digest(model) == train.replica_digest(model2)
-    weights = tmp_path / train.OPTIMIZER_FILE
+    weights = tmp_path / modelio.OPTIMIZER_FILE
     weights.write_bytes(weights.read_bytes()[:-4] + b"\xff\xff\xff\xff")
     with pytest.raises(modelio.ModelIntegrityError, match="sha256"):
-        train.read_checkpoint(str(tmp_path))
+        modelio.read_checkpoint(str(tmp_path))
 
 
 # ---------------------------------------------------------------- real Ray Train runs
@@ -112,13 +112,23 @@ def _run_until_first_checkpoint_then_kill(run: str, ckpt_root: Path) -> None:
     cmd = [sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--run-dir", run, *ARGS,
            "--epochs", "3", "--workers", "2", "--num-cpus", "3"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def committed() -> bool:
+        """Ray Train's snapshot has a latest checkpoint (uploaded files, or a pending one, don't count)."""
+        for snap in ckpt_root.glob("*/checkpoint_manager_snapshot.json"):
+            try:
+                return json.loads(snap.read_text()).get("latest_checkpoint_result") is not None
+            except ValueError:   # caught mid-write
+                return False
+        return False
+
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not list(ckpt_root.glob("*/checkpoint_*/meta.json")):
+        while time.time() < deadline and not committed():
             if proc.poll() is not None:
                 pytest.fail(f"training ended before it could be killed: {proc.stderr.read()[-2000:]!r}")
             time.sleep(0.5)
-        assert list(ckpt_root.glob("*/checkpoint_*/meta.json")), "no checkpoint within 300 s"
+        assert committed(), "no checkpoint within 300 s"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started (its session)
         proc.wait()
@@ -128,7 +138,7 @@ def _run_until_first_checkpoint_then_kill(run: str, ckpt_root: Path) -> None:
 @pytest.mark.slow
 def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, leukemia_dir, ray_local,
                                                                        monkeypatch):
-    run = make_run(tmp_path / "run", leukemia_dir)
+    run = make_run(tmp_path / "run", leukemia_dir, per_class=10)
     out = Path(train.model_dir(run, "test_resnet"))
     _run_until_first_checkpoint_then_kill(run, out / "checkpoints")
     # The same command again (in-process, on the test's Ray) resumes; a worker dies at the start of
