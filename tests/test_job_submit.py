@@ -46,6 +46,7 @@ def ray_head(tmp_path_factory):
                             start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     _wait_for_jobs_api(address, env, proc, tmp / "head.log")
+    _assert_listens_on_loopback_only(dash)
     yield {"address": address, "env": env, "temp_dir": temp_dir}
     os.killpg(proc.pid, signal.SIGTERM)   # only our own cluster: never `ray stop` on a shared machine
     try:
@@ -66,6 +67,18 @@ def _wait_for_jobs_api(address, env, proc, log, timeout=90):
             return
         time.sleep(2)
     raise TimeoutError(f"jobs API at {address} not up: {Path(log).read_text()[-2000:]}")
+
+
+def _assert_listens_on_loopback_only(port: int) -> None:
+    """The dashboard / jobs API is bound to 127.0.0.1, not every interface."""
+    binds = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:        # 0A = LISTEN
+                binds.add(addr)
+    assert binds == {"0100007F"}, f"dashboard port {port} listens on {binds} (want only 127.0.0.1)"
 
 
 def submit(head, stage, *args, timeout=900):
