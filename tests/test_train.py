@@ -146,7 +146,12 @@ def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, 
     monkeypatch.setenv(train.FAIL_ENV, "3")
     meta = train.train_backbone(run, job(epochs=3, workers=2, max_failures=1))
     assert epochs_of(meta) == [1, 2, 3]                                  # no epoch trained twice
-    assert meta["resumed_at"][-1] == 3 and len(meta["resumed_at"]) == 2 and meta["resumed_at"][0] >= 2
+    # Resumed from a checkpoint, never from scratch; the last (re)start is the one after the injected
+    # failure at epoch 3. The killed driver may have committed epoch 1 or (fast epochs) epoch 2: in
+    # the second case both restarts begin at 3 and the checkpoint they load remembers only one.
+    assert meta["resumed_at"][-1] == 3 and min(meta["resumed_at"]) >= 2
+    assert len(meta["resumed_at"]) == 2 or meta["resumed_at"] == [3]
+    assert list(out.glob("checkpoints/*/injected_failure_3")), "the injected worker failure did not happen"
     for e in meta["epochs"]:
         assert e["world_size"] == 2 and len(set(e["replica_digests"])) == 1   # gradients synchronised
     # The published model is the best checkpoint, bit-exact, and loads back.
