@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,7 +18,7 @@ from torchvision.transforms.v2 import functional as F
 from . import schema, storage
 from .config import AugmentConfig, SegmentConfig
 from .imageio import decode_rgb
-from .segment import mask_fraction, segment_image
+from .segment import preprocess
 
 
 # ---------------------------------------------------------------- oversampling (pure)
@@ -87,15 +86,7 @@ def train_transform(cfg: AugmentConfig, image_size: int) -> v2.Compose:
 
 def load_image(data: bytes, image_size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, float]:
     """Bytes → (segmented if seg, resized uint8 HxWx3, share of pixels the segmentation kept)."""
-    rgb = decode_rgb(data)
-    frac = 1.0
-    if seg is not None:
-        rgb, mask = segment_image(rgb, seg)
-        frac = mask_fraction(mask)
-    if rgb.shape[:2] != (image_size, image_size):
-        interp = cv2.INTER_AREA if min(rgb.shape[:2]) > image_size else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (image_size, image_size), interpolation=interp)
-    return rgb, frac
+    return preprocess(decode_rgb(data), image_size, seg)
 
 
 def augment_image(rgb: np.ndarray, transform, seed: int | None) -> np.ndarray:

@@ -16,14 +16,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
 from . import schema, storage
 from .config import SegmentConfig
 from .imageio import DecodeError, decode_rgb
-from .segment import mask_fraction, segment_image
+from .segment import preprocess
 
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_FORMAT = 1
@@ -162,25 +161,11 @@ def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -
             return row
         rgb = decode_rgb(data, spec.max_pixels)
         del data
-        row["mask_fraction"], image = _preprocess(rgb, spec)
+        image, row["mask_fraction"] = preprocess(rgb, spec.image_size, spec.segment)
         row["image"] = image.tobytes()
     except (InputError, DecodeError) as exc:
         row["status"], row["error"] = schema.ERROR, str(exc)
     return row
-
-
-def _preprocess(rgb: np.ndarray, spec: PrepSpec) -> tuple[float, np.ndarray]:
-    """(mask fraction, image_size² uint8 image): segment at full resolution, then resize."""
-    if spec.segment is not None:
-        rgb, mask = segment_image(rgb, spec.segment)
-        frac = mask_fraction(mask)
-    else:
-        frac = float("nan")
-    s = spec.image_size
-    if rgb.shape[:2] != (s, s):
-        # INTER_AREA: the anti-aliased downscale; most archive images are larger than the model input.
-        rgb = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_AREA)
-    return frac, np.ascontiguousarray(rgb)
 
 
 def prepare_batch(batch: pa.Table, spec: PrepSpec) -> pa.Table:

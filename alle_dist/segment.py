@@ -155,3 +155,20 @@ def main(args: argparse.Namespace) -> int:
     print(f"segmented {report.num_rows - len(errors)} of {report.num_rows} images into {args.output}; "
           f"{len(errors)} errors{kept}; report: {storage.join(args.output, REPORT_FILE)}")
     return 0
+
+
+def preprocess(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, float]:
+    """The model input of every stage (training, evaluation, bulk classification), so they can't drift.
+
+    HSV-segmented at full resolution when `seg` is given, then resized to image_size²; returns the
+    image and the share of pixels the segmentation kept (1.0 without segmentation).
+    """
+    frac = 1.0
+    if seg is not None:
+        rgb, mask = segment_image(rgb, seg)
+        frac = mask_fraction(mask)
+    if rgb.shape[:2] != (image_size, image_size):
+        # INTER_AREA anti-aliases a downscale; most archive images are larger than the model input.
+        interp = cv2.INTER_AREA if min(rgb.shape[:2]) > image_size else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (image_size, image_size), interpolation=interp)
+    return np.ascontiguousarray(rgb), frac

@@ -83,3 +83,18 @@ def test_segment_stage_writes_images_masks_and_report_to_s3(ray_local, tmp_path,
     mask = decode_rgb(storage.read_bytes(f"{dst}/masks/Early/Early-0000.png"))
     assert set(np.unique(mask)) <= {0, 255}
     assert "segment_config.yaml" in outputs
+
+
+def test_training_and_bulk_classification_preprocess_identically(tmp_path):
+    """One preprocessing for train and classify: no training/serving skew in segmentation or resize."""
+    from alle_dist import augment, classify_io
+    from alle_dist.imageio import encode_png
+    from alle_dist.synthetic import draw_smear
+
+    rgb = draw_smear("Pre", np.random.default_rng(3), size=300)
+    (tmp_path / "a.png").write_bytes(encode_png(rgb))
+    want, frac = augment.load_image(encode_png(rgb), 64, SegmentConfig())
+    spec = classify_io.PrepSpec(src=str(tmp_path), image_size=64, segment=SegmentConfig())
+    row = classify_io.prepare_one(spec, "a.png", (tmp_path / "a.png").stat().st_size, None)
+    assert row["status"] == "ok" and abs(row["mask_fraction"] - frac) < 1e-9
+    assert np.frombuffer(row["image"], np.uint8).reshape(64, 64, 3).tobytes() == want.tobytes()
