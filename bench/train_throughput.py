@@ -32,8 +32,12 @@ def _images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _model(opts, device):
+    # Imported here, not reached as torch.backends.cudnn: this script's functions are pickled by value
+    # for the Ray workers, and cloudpickle can't pickle cudnn's module object.
+    from torch.backends import cudnn
+
     # Fixed input shapes: let cuDNN time its algorithms once (DenseNet's many conv shapes gain most).
-    torch.backends.cudnn.benchmark = opts["cudnn_benchmark"]
+    cudnn.benchmark = opts["cudnn_benchmark"]
     model = backbones.create(opts["backbone"], 4, "none").to(device)
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
