@@ -28,6 +28,9 @@ log = logging.getLogger("alle_dist.train")
 # Test hook: a worker raises once at the start of this epoch, to exercise FailureConfig restarts.
 # Read by the driver, passed in the loop config.
 FAIL_ENV = "ALLE_DIST_FAIL_AT_EPOCH"
+# Test hook: seconds each worker pauses after reporting an epoch, so a test can kill the job at a
+# known point (after epoch 1's checkpoint is committed, before epoch 2's).
+PAUSE_ENV = "ALLE_DIST_PAUSE_AFTER_EPOCH_S"
 DONE_FILES = (modelio.META_FILE, modelio.OOD_FILE, "val_probs.parquet", "test_probs.parquet")
 
 
@@ -211,10 +214,11 @@ def train_loop(cfg: dict) -> None:
         metrics = {k: entry[k] for k in ("epoch", "train_loss", "val_loss", "val_acc")}
         if rank != 0:
             ray.train.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            modelio.write_checkpoint(d, model, opt, {**cfg["meta"], "epochs": history, "resumed_at": resumed_at})
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                modelio.write_checkpoint(d, model, opt, {**cfg["meta"], "epochs": history, "resumed_at": resumed_at})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        time.sleep(cfg.get("pause_s", 0.0))
 
 
 # ---------------------------------------------------------------- driver (Ray shell)
@@ -279,7 +283,8 @@ def _loop_config(run_dir: str, jcfg, backbone: str, classes: list[str], name: st
     return {"backbone": backbone, "classes": classes, "image_size": size, "mean": list(mean), "std": list(std),
             "pretrained": cfg.pretrained, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "seed": cfg.seed, "compile": cfg.compile, "meta": meta,
-            "fail_at_epoch": int(fail_at) if fail_at else None, "fail_marker": marker}
+            "fail_at_epoch": int(fail_at) if fail_at else None, "fail_marker": marker,
+            "pause_s": float(os.environ.get(PAUSE_ENV, 0))}
 
 
 def fit(run_dir: str, jcfg, backbone: str, classes: list[str], datasets: dict):
