@@ -84,7 +84,7 @@ def check_file(source: str, rel: str, label: str) -> dict:
     try:
         data = storage.read_bytes(image_uri(source, rel))
     except Exception as exc:  # noqa: BLE001 - an unreadable file is an error row, not a crash
-        return {**row, "status": schema.ERROR, "error": f"unreadable: {storage._first_line(exc)}"}
+        return {**row, "status": schema.ERROR, "error": f"unreadable: {storage.first_line(exc)}"}
     row.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     try:
         decode_rgb(data)

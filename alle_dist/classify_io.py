@@ -56,7 +56,7 @@ def load_manifest(dst: str) -> dict:
             return {"format": MANIFEST_FORMAT, "files": [], "runs": []}
         doc = storage.read_json(uri)
     except OSError as exc:
-        raise storage.StorageError(f"{uri}: can't be read ({_first_line(exc)}); check the output path, "
+        raise storage.StorageError(f"{uri}: can't be read ({storage.first_line(exc)}); check the output path, "
                                    "the network and the AWS credentials") from None
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise storage.StorageError(f"{uri}: not an alle_dist classify manifest (format "
@@ -146,7 +146,7 @@ def read_input(uri: str) -> bytes:
                                        "and the bucket policy (s3:GetObject)") from None
         if storage.is_s3(uri) and "NoSuchKey" not in text and "does not exist" not in text:
             raise  # throttling or network after all retries: fail the job; a rerun resumes
-        raise InputError(f"can't be read: {_first_line(exc)}") from None
+        raise InputError(f"can't be read: {storage.first_line(exc)}") from None
 
 
 def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -> dict:
@@ -290,8 +290,3 @@ def reconcile(listed: set[str], seen: set[str], published: pa.Table) -> list[str
 def _some(paths, k: int = 10) -> str:
     paths = sorted(paths)
     return ", ".join(paths[:k]) + (f" ... (+{len(paths) - k})" if len(paths) > k else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -87,7 +87,7 @@ def segment_file(src: str, dst: str, rel: str, cfg: SegmentConfig) -> dict:
     except DecodeError as exc:
         return {"path": rel, "status": ERROR, "error": str(exc), "mask_fraction": None}
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a report row, not a failed job
-        return {"path": rel, "status": ERROR, "error": f"unreadable: {storage._first_line(exc)}", "mask_fraction": None}
+        return {"path": rel, "status": ERROR, "error": f"unreadable: {storage.first_line(exc)}", "mask_fraction": None}
     masked, mask = segment_image(rgb, cfg)
     image_uri, mask_uri = output_uris(dst, rel)
     # Write errors (permissions, a full disk, a lost bucket) are the job's problem, not the file's: they raise.

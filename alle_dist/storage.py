@@ -70,7 +70,7 @@ def list_files(root: str, suffixes: tuple[str, ...] | None = None) -> list[tuple
     except StorageError:
         raise
     except OSError as exc:
-        raise StorageError(f"{root}: can't be listed ({_first_line(exc)}); check the bucket, "
+        raise StorageError(f"{root}: can't be listed ({first_line(exc)}); check the bucket, "
                            "the network and the AWS credentials") from None
     out = []
     for fi in infos:
@@ -139,6 +139,7 @@ def write_parquet(table: pa.Table, uri: str) -> None:
     write_bytes(uri, sink.getvalue().to_pybytes())
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name): for one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
