@@ -15,7 +15,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from . import schema, storage
+from . import imagestats, schema, storage
 from .config import AugmentConfig, SegmentConfig
 from .imageio import decode_rgb
 from .segment import preprocess
@@ -102,33 +102,41 @@ def augment_image(rgb: np.ndarray, transform, seed: int | None) -> np.ndarray:
 
 
 class _LoadBatch:
-    """Ray Data UDF: rows (path, label, idx) → (path, label, image, mask_fraction)."""
+    """Ray Data UDF: rows (path, label, idx) → (path, label, image, mask_fraction[, image_stats])."""
 
-    def __init__(self, source: str, image_size: int, seg, aug, seed: int | None):
+    def __init__(self, source: str, image_size: int, seg, aug, seed: int | None, with_stats: bool = False):
         self.source, self.image_size, self.seg, self.seed = source, image_size, seg, seed
         self.transform = train_transform(aug, image_size) if aug is not None else None
+        self.with_stats = with_stats
 
     def __call__(self, batch: dict) -> dict:
         torch.set_num_threads(1)  # one image at a time per task; parallelism comes from Ray
-        images, fracs = [], []
+        images, fracs, stats = [], [], []
         for path, idx in zip(batch["path"], batch["idx"]):
-            rgb, frac = load_image(storage.read_bytes(storage.join(self.source, str(path))), self.image_size, self.seg)
+            original = decode_rgb(storage.read_bytes(storage.join(self.source, str(path))))
+            if self.with_stats:   # of the original field, as bulk classification computes them
+                stats.append(imagestats.features(original, self.seg))
+            rgb, frac = preprocess(original, self.image_size, self.seg)
             if self.transform is not None:
                 seed = None if self.seed is None else self.seed * 1_000_003 + int(idx)
                 rgb = augment_image(rgb, self.transform, seed)
             images.append(rgb)
             fracs.append(frac)
-        return {"path": batch["path"], "label": batch["label"],
-                "image": np.stack(images), "mask_fraction": np.asarray(fracs, np.float32)}
+        out = {"path": batch["path"], "label": batch["label"],
+               "image": np.stack(images), "mask_fraction": np.asarray(fracs, np.float32)}
+        if self.with_stats:
+            out["image_stats"] = np.stack(stats)
+        return out
 
 
 def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size: int,
                   seg: SegmentConfig | None, aug: AugmentConfig | None, seed: int | None = 0,
-                  batch_size: int = 32):
+                  batch_size: int = 32, with_stats: bool = False):
     """A Ray Data dataset of manifest rows (status ok) as model-ready uint8 images.
 
     Columns: path (str), label (int64, index in `classes`), image (uint8 HxWx3, image_size²),
-    mask_fraction (float32; 1.0 when seg is None). Augmentation is seeded per row from
+    mask_fraction (float32; 1.0 when seg is None), and with `with_stats` image_stats (float32
+    vector, alle_dist.imagestats.features of the original field). Augmentation is seeded per row from
     (seed, row position), so a dataset is reproducible and repeated rows get different
     augmentations; pass seed=None (or seed + epoch) for fresh augmentations on every pass.
     """
@@ -138,6 +146,6 @@ def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size
     index = {c: i for i, c in enumerate(classes)}
     items = [{"path": p, "label": index[c], "idx": i}
              for i, (p, c) in enumerate(zip(rows.column("path").to_pylist(), rows.column("label").to_pylist()))]
-    udf = _LoadBatch(source, image_size, seg, aug, seed)
+    udf = _LoadBatch(source, image_size, seg, aug, seed, with_stats)
     ds = ray.data.from_items(items)
     return ds.map_batches(udf, batch_size=batch_size)

@@ -225,9 +225,10 @@ def main(args: argparse.Namespace) -> int:
     from .runtime import init_ray
 
     cfg = config.job_config(args.config, prepare={"seed": args.seed, "hash_workers": args.hash_workers})
-    items = list_labelled(args.data)  # before Ray starts: a bad source fails in a second
+    src = storage.absolute(args.data)   # the manifest records where the images are, for every later stage
+    items = list_labelled(src)  # before Ray starts: a bad source fails in a second
     init_ray(args.num_cpus)
-    table = build_manifest(args.data, cfg.prepare.seed, cfg.prepare, items)
+    table = build_manifest(src, cfg.prepare.seed, cfg.prepare, items)
     storage.write_parquet(table, storage.join(args.run_dir, MANIFEST_FILE))
     config.save_resolved(storage.join(args.run_dir, "prepare_config.yaml"), cfg, data=args.data, run_dir=args.run_dir)
     print(summary(table))

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import __version__, classify_io, ensemble, modelio, ood, schema, storage
+from . import __version__, classify_io, ensemble, imagestats, modelio, ood, schema, storage
 from .config import ClassifyConfig, ConfigError, JobConfig, SegmentConfig
 
 # Parquet key-value metadata of every part (never anything from the environment: no credentials).
@@ -102,7 +102,7 @@ class ModelRunner:
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = classify_io.ok_mask(batch)
         images = classify_io.images_of(batch, self.image_size)
-        out = batch.drop_columns(["image"])
+        out = batch.drop_columns(["image"])   # image_stats travel on to the deciders
         for b, predictor in self.predictors.items():
             res = predictor(images) if ok.any() else {"probs": images[:0, 0, 0], "features": images[:0, 0, 0]}
             out = out.append_column(PROBS + b, classify_io.pack_rows(ok, res["probs"]))
@@ -117,6 +117,8 @@ class Decider:
     def __init__(self, models: Models, run_id: str):
         self.spec, self.run_id, self.model_sha256 = models.spec, run_id, models.model_sha256
         self.ood = {b: load_ood_stats(models, b) for b in self.spec.backbones}
+        # One image-statistics model: every backbone of a run fits the same one on the same training split.
+        self.image_stats = next((s for s in self.ood.values() if imagestats.has_stats(s)), None)
         self.schema = schema.classify_schema(list(self.spec.classes), list(self.spec.backbones))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -144,7 +146,11 @@ class Decider:
             if self.ood[b] is not None:
                 scores[b] = ood.score(classify_io.unpack_rows(batch.column(FEATURES + b), ok), self.ood[b])
         mf = batch.column("mask_fraction").to_numpy(zero_copy_only=False)[ok]
-        d = ensemble.apply(self.spec, probs, scores, mf)
+        img = None
+        if self.image_stats is not None:
+            img = imagestats.score(classify_io.unpack_rows(batch.column("image_stats"), ok), self.image_stats)
+            cols["image_score"] = classify_io.scatter(ok, img)
+        d = ensemble.apply(self.spec, probs, scores, mf, img)
         names = np.array(list(self.spec.classes) + [schema.REFER], dtype=object)
         scatter = classify_io.scatter
         cols["label"] = scatter(ok, names[d.label])          # label -1 → names[-1] = 'refer'
@@ -211,6 +217,7 @@ def plan_job(run_dir: str, src: str, dst: str, job: JobConfig, run_id: str | Non
     listing = storage.list_files(src, schema.IMAGE_SUFFIXES)
     done = classify_io.done_index(dst)
     todo, skipped = classify_io.plan(listing, done, job.classify.verify_sha256)
+    src = storage.absolute(src)   # recorded in DST/_manifest.json: the rows' paths are relative to it
     run = {"run_id": run_id or classify_io.new_run_id(), "src": src, "started_at": classify_io.utc_now(),
            "inputs": len(listing), "status": "running"}
     return JobPlan(src, dst, models, prep_spec(models, src, job), job.classify,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from . import schema, storage
+from . import imagestats, schema, storage
 from .config import SegmentConfig
 from .imageio import DecodeError, decode_rgb
 from .segment import preprocess
@@ -30,7 +30,7 @@ MANIFEST_FORMAT = 1
 # reconciled) but is never written.
 SKIP = "skip"
 # Columns of the prepared rows that travel from the read tasks to the model actors.
-PREPARED_COLUMNS = ("path", "sha256", "bytes", "status", "error", "mask_fraction", "image")
+PREPARED_COLUMNS = ("path", "sha256", "bytes", "status", "error", "mask_fraction", "image_stats", "image")
 
 
 def new_run_id() -> str:
@@ -150,9 +150,10 @@ def read_input(uri: str) -> bytes:
 
 
 def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -> dict:
-    """One prepared row (see PREPARED_COLUMNS); `image` is the raw HxWx3 uint8 bytes, b'' unless ok."""
+    """One prepared row (see PREPARED_COLUMNS); `image` is the raw HxWx3 uint8 bytes, b'' unless ok;
+    `image_stats` the original field's imagestats.features as float32 bytes (None unless ok)."""
     row = {"path": path, "sha256": None, "bytes": size, "status": schema.OK, "error": None,
-           "mask_fraction": None, "image": b""}
+           "mask_fraction": None, "image_stats": None, "image": b""}
     try:
         data = read_input(storage.join(spec.src, path))
         row["bytes"], row["sha256"] = len(data), hashlib.sha256(data).hexdigest()
@@ -161,6 +162,7 @@ def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -
             return row
         rgb = decode_rgb(data, spec.max_pixels)
         del data
+        row["image_stats"] = imagestats.features(rgb, spec.segment).tobytes()   # as training computes them
         image, row["mask_fraction"] = preprocess(rgb, spec.image_size, spec.segment)
         row["image"] = image.tobytes()
     except (InputError, DecodeError) as exc:
@@ -179,6 +181,7 @@ def prepare_batch(batch: pa.Table, spec: PrepSpec) -> pa.Table:
         "status": pa.array([r["status"] for r in rows], pa.string()),
         "error": pa.array([r["error"] for r in rows], pa.string()),
         "mask_fraction": pa.array([r["mask_fraction"] for r in rows], pa.float32()),
+        "image_stats": pa.array([r["image_stats"] for r in rows], pa.binary()),
         "image": pa.array([r["image"] for r in rows], pa.binary()),
     })
 

@@ -100,6 +100,13 @@ class TrainConfig:
         _check(self.max_failures >= 0, "train.max_failures must be >= 0")
 
 
+# Signals of the unfamiliar-image rule (alle_dist.ensemble.fit_referral): ood_score (each backbone's
+# feature distance to the training data), mask_low / mask_high (the segmentation kept too little / too
+# much), image_score (the field's image statistics, alle_dist.imagestats), disagreement (between the
+# networks).
+REFERRAL_SIGNALS = ("ood_score", "mask_low", "mask_high", "image_score", "disagreement")
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     backbones: tuple[str, ...] = ("densenet201", "resnet50")
@@ -108,16 +115,21 @@ class TuneConfig:
     num_samples: int = 40              # trials of the continuous search (besides the paper's grid)
     seed: int = 0
     temperature_scaling: bool = True
-    gamma_range: tuple[float, float] = (0.5, 0.95)   # γ of the continuous search
+    # γ of the continuous search; below 1 / (number of classes) γ refers nothing, so the floor lets the
+    # search reach "no confidence referral" when that is what the coverage floor needs.
+    gamma_range: tuple[float, float] = (0.25, 0.95)
     # Each trial takes milliseconds; more concurrent trials only add worker start-ups.
     max_concurrent_trials: int = 2
     referral: bool = True              # fit the unfamiliar-image rule (feature distance, mask, disagreement)
     # Validation coverage the whole rule (γ + unfamiliar) keeps. Above the 98 % goal on purpose: the
     # validation split is small (~180 real images), so the fitted thresholds are noisy on test.
     referral_coverage: float = 0.99
-    # Signals of the unfamiliar-image rule: ood_score (each backbone's feature distance), mask_low,
-    # mask_high (segmentation kept too little / too much), disagreement (between the networks).
-    referral_signals: tuple[str, ...] = ("ood_score", "mask_low")
+    # Signals of the unfamiliar-image rule (REFERRAL_SIGNALS); the default: see docs/referral.md.
+    referral_signals: tuple[str, ...] = ("image_score",)
+    # Share of in-distribution fields (training out-of-fold + validation) the image-statistics rule
+    # keeps: its threshold is this quantile of their image scores (a budget of its own, see
+    # ensemble.fit_referral).
+    image_quantile: float = 0.995
     training_samples: int = 4          # --tune-training: trials over training hyperparameters
     training_lr: tuple[float, float] = (1e-5, 1e-3)  # log-uniform range of --tune-training's lr
 
@@ -126,13 +138,13 @@ class TuneConfig:
         object.__setattr__(self, "gamma_range", tuple(float(g) for g in self.gamma_range))
         object.__setattr__(self, "training_lr", tuple(float(g) for g in self.training_lr))
         object.__setattr__(self, "referral_signals", tuple(self.referral_signals))
-        signals = ("ood_score", "mask_low", "mask_high", "disagreement")
-        _check(set(self.referral_signals) <= set(signals),
-               f"tune.referral_signals={list(self.referral_signals)}: choose from {list(signals)}")
+        _check(set(self.referral_signals) <= set(REFERRAL_SIGNALS),
+               f"tune.referral_signals={list(self.referral_signals)}: choose from {list(REFERRAL_SIGNALS)}")
         _check(len(self.backbones) >= 1, "tune.backbones: give at least one backbone")
         _check(len(set(self.backbones)) == len(self.backbones), f"tune.backbones={list(self.backbones)}: duplicates")
         _check(0 <= self.min_coverage <= 1, "tune.min_coverage must be in [0, 1]")
         _check(0 < self.referral_coverage <= 1, "tune.referral_coverage must be in (0, 1]")
+        _check(0 < self.image_quantile <= 1, "tune.image_quantile must be in (0, 1]")
         _check(self.num_samples >= 0, "tune.num_samples must be >= 0")
         _check(self.training_samples >= 1, "tune.training_samples must be >= 1")
         _check(self.max_concurrent_trials >= 1, "tune.max_concurrent_trials must be >= 1")

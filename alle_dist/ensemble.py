@@ -7,8 +7,10 @@ outputs, weights on the simplex. An image is *referred* (label -1, `refer`) inst
 - the unfamiliar-image rule fires: any measured signal lies beyond the threshold fitted on
   in-distribution validation images (`fit_referral`): a backbone's feature distance to the training
   data (`unfamiliar`), a segmentation mask fraction outside the range seen (`empty_field` when too
-  little was kept, e.g. blank or red-cells-only fields; `odd_mask` when too much), or the two
-  networks disagreeing more than ever seen (`disagreement`).
+  little was kept, e.g. blank or red-cells-only fields; `odd_mask` when too much), the whole field's
+  image statistics (focus, noise, stain colour, shape of the stained objects; alle_dist.imagestats)
+  far from the training fields' (`odd_image`), or the two networks disagreeing more than ever seen
+  (`disagreement`).
 
 Ties in the weighted score go to the lowest class index (np.argmax), i.e. the first class in the
 sorted class list.
@@ -21,14 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import storage
-from .config import ConfigError
+from .config import REFERRAL_SIGNALS, ConfigError, TuneConfig
 
 SPEC_FILE = "ensemble.json"
 _EPS = 1e-12
 _SIMPLEX_TOL = 1e-6
 _GAMMA_TOL = 1e-9
 # Fixed order of reasons in Decision.reason when several rules fire.
-REASONS = ("empty_field", "odd_mask", "unfamiliar", "disagreement", "low_confidence")
+REASONS = ("empty_field", "odd_mask", "odd_image", "unfamiliar", "disagreement", "low_confidence")
 
 
 def check_weights(weights, n: int | None = None) -> tuple[float, ...]:
@@ -133,7 +135,7 @@ class Decision:
 
 
 def referral_flags(referral: dict, scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray],
-                   mask_fraction: np.ndarray | None) -> dict[str, np.ndarray]:
+                   mask_fraction: np.ndarray | None, image_score: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Which unfamiliar-image rules fire per row: {reason: bool N}. Rules absent from `referral` are off."""
     n = len(next(iter(scaled.values())))
     flags = {r: np.zeros(n, bool) for r in REASONS[:-1]}
@@ -148,6 +150,9 @@ def referral_flags(referral: dict, scaled: dict[str, np.ndarray], ood_scores: di
             flags["empty_field"] |= ~(m >= mf["low"])
         if mf.get("high") is not None:
             flags["odd_mask"] |= m > mf["high"]
+    thr = referral.get("image_score")
+    if thr is not None and image_score is not None:
+        flags["odd_image"] |= ~(np.asarray(image_score, np.float64) <= thr)   # NaN counts as odd
     thr = referral.get("disagreement")
     if thr is not None and len(scaled) > 1:
         flags["disagreement"] |= disagreement(list(scaled.values())) > thr
@@ -155,8 +160,11 @@ def referral_flags(referral: dict, scaled: dict[str, np.ndarray], ood_scores: di
 
 
 def apply(spec: EnsembleSpec, probs: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray] | None = None,
-          mask_fraction: np.ndarray | None = None) -> Decision:
-    """Labels, confidences and referrals for N images from each backbone's N x C probabilities."""
+          mask_fraction: np.ndarray | None = None, image_score: np.ndarray | None = None) -> Decision:
+    """Labels, confidences and referrals for N images from each backbone's N x C probabilities.
+
+    The referral signals (each backbone's `ood_scores`, `mask_fraction`, `image_score`) are N-vectors;
+    a rule of spec.referral whose signal is not given does not fire."""
     missing = [b for b in spec.backbones if b not in probs]
     if missing:
         raise ConfigError(f"ensemble needs probabilities of {missing}; have {sorted(probs)}")
@@ -164,7 +172,7 @@ def apply(spec: EnsembleSpec, probs: dict[str, np.ndarray], ood_scores: dict[str
     p = combine([scaled[b] for b in spec.backbones], spec.weights)
     label = np.argmax(p, axis=1)                           # ties → lowest class index
     conf = p[np.arange(len(p)), label]
-    flags = referral_flags(spec.referral, scaled, ood_scores, mask_fraction)
+    flags = referral_flags(spec.referral, scaled, ood_scores, mask_fraction, image_score)
     # A score equal to γ is confident; the 1e-9 keeps a hand-computed boundary (0.5·0.9 + 0.5·0.7
     # vs γ = 0.8) on the confident side despite float rounding.
     flags["low_confidence"] = ~(conf >= spec.gamma - _GAMMA_TOL)
@@ -175,24 +183,40 @@ def apply(spec: EnsembleSpec, probs: dict[str, np.ndarray], ood_scores: dict[str
     return Decision(probs=p, label=np.where(refer, -1, label), confidence=conf, refer=refer, reason=reason)
 
 
-# Signals of the unfamiliar-image rule. The default leaves out the two that bought least on the
-# measured OOD set (bench/ood_referral.py, from-scratch densenet201 + resnet50, 4550 OOD images):
-# each signal takes a share of the in-distribution referral budget, and with ~180 validation images
-# a weak signal's share costs the strong ones their reach.
-SIGNALS = ("ood_score", "mask_low", "mask_high", "disagreement")
-DEFAULT_SIGNALS = ("ood_score", "mask_low")
+# Signals of the unfamiliar-image rule (config.REFERRAL_SIGNALS); the default is TuneConfig's.
+SIGNALS = REFERRAL_SIGNALS
+DEFAULT_SIGNALS = TuneConfig.referral_signals
+
+
+def fit_image_rule(image_score: np.ndarray | None, image_reference: np.ndarray | None = None,
+                   image_quantile: float = TuneConfig.image_quantile) -> dict:
+    """The image-statistics rule's entries of a referral dict ({} without finite scores): the threshold
+    at `image_quantile` of the validation scores pooled with the training fields' out-of-fold ones."""
+    if image_score is None or not np.all(np.isfinite(image_score)):
+        return {}
+    ref = np.asarray(image_score, np.float64)
+    if image_reference is not None:
+        ref = np.r_[ref, np.asarray(image_reference, np.float64)]
+    return {"image_score": float(np.quantile(ref, image_quantile, method="higher")),
+            "image_quantile": float(image_quantile), "image_reference_n": int(len(ref))}
 
 
 def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray] | None,
                  mask_fraction: np.ndarray | None, target_coverage: float = 0.99,
-                 already_referred: np.ndarray | None = None, signals=DEFAULT_SIGNALS) -> dict:
+                 already_referred: np.ndarray | None = None, signals=DEFAULT_SIGNALS,
+                 image_score: np.ndarray | None = None, image_reference: np.ndarray | None = None,
+                 image_quantile: float = TuneConfig.image_quantile) -> dict:
     """Thresholds of the unfamiliar-image rule from in-distribution (validation) images.
 
-    Every signal in `signals` gets its threshold at the same tail quantile q of its in-distribution
-    values (equivalently: refer when the largest per-signal rank exceeds q). q is the most aggressive
-    value whose union rule, together with `already_referred` (e.g. the γ rule), still covers at least
-    `target_coverage` of the images; when even the most lenient rule (every threshold at the most
-    extreme value seen) can't, that one is returned.
+    The image-statistics signal has a budget of its own: its threshold is the `image_quantile` of
+    the validation image scores pooled with `image_reference` (the training fields' out-of-fold
+    scores, imagestats.calibration), so a ~180-image validation split does not put it at whichever
+    field happens to be its most extreme. Every other signal gets its threshold at one common tail
+    quantile q of its validation values (equivalently: refer when the largest per-signal rank
+    exceeds q); q is the most aggressive value whose union rule, together with the image rule and
+    `already_referred` (e.g. the γ rule), still covers at least `target_coverage` of the images;
+    when even the most lenient rule (every threshold at the most extreme value seen) can't, that one
+    is returned.
     """
     unknown = set(signals) - set(SIGNALS)
     if unknown:
@@ -201,11 +225,15 @@ def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray
                   if "ood_score" in signals and s is not None and np.all(np.isfinite(s))}
     dis = disagreement(list(scaled.values())) if len(scaled) > 1 and "disagreement" in signals else None
     mf = None if mask_fraction is None else np.asarray(mask_fraction, np.float64)
+    img = None if image_score is None or "image_score" not in signals else np.asarray(image_score, np.float64)
+    img = img if img is not None and np.all(np.isfinite(img)) else None
     n = len(next(iter(scaled.values())))
+    image_rule = fit_image_rule(img, image_reference, image_quantile) if img is not None else {}
+    others = [s for s in signals if s != "image_score"]
 
-    def rule(q: float) -> dict:
+    def rule(q: float | None) -> dict:
         r: dict = {"method": "quantile_union", "signals": list(signals), "quantile": q,
-                   "target_coverage": target_coverage,
+                   "target_coverage": target_coverage, **image_rule,
                    "ood_score": {b: float(np.quantile(s, q, method="higher")) for b, s in ood_scores.items()}}
         if mf is not None and {"mask_low", "mask_high"} & set(signals):
             r["mask_fraction"] = {
@@ -217,15 +245,18 @@ def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray
 
     def coverage(r: dict) -> float:
         refer = np.zeros(n, bool) if already_referred is None else np.asarray(already_referred, bool).copy()
-        for f in referral_flags(r, scaled, ood_scores, mf).values():
+        for f in referral_flags(r, scaled, ood_scores, mf, img).values():
             refer |= f
         return 1.0 - refer.mean()
 
-    lo, hi = float(target_coverage) / 2, 1.0      # coverage(q) grows with q; q = 1 keeps every image
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if coverage(rule(mid)) >= target_coverage else (mid, hi)
-    best = rule(hi)
+    if not others:                    # the image rule alone: nothing to search
+        best = rule(None)
+    else:
+        lo, hi = float(target_coverage) / 2, 1.0      # coverage(q) grows with q; q = 1 keeps every image
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if coverage(rule(mid)) >= target_coverage else (mid, hi)
+        best = rule(hi)
     best["val_coverage"] = float(coverage(best))
     return best
 
@@ -239,6 +270,28 @@ class SplitProbs:
     probs: dict[str, np.ndarray]       # backbone → N x C
     ood: dict[str, np.ndarray]         # backbone → N feature distances
     mask_fraction: np.ndarray          # N
+    image_score: np.ndarray | None = None   # N image-statistics distances (alle_dist.imagestats)
+    image_reference: np.ndarray | None = None  # training fields' out-of-fold image scores (tune only)
+
+
+def apply_split(spec: EnsembleSpec, data: SplitProbs) -> Decision:
+    """apply() to one split's cached outputs, with every referral signal they carry."""
+    return apply(spec, data.probs, data.ood, data.mask_fraction, data.image_score)
+
+
+def image_reference(run_dir: str, backbones) -> np.ndarray | None:
+    """The out-of-fold image scores of the training fields (imagestats.calibration) of the first
+    backbone that has them: in-distribution reference values for the image rule's threshold."""
+    from . import imagestats, modelio
+
+    for b in backbones:
+        mdir = model_dir(run_dir, b)
+        meta = storage.join(mdir, modelio.META_FILE)
+        if storage.exists(meta) and storage.read_json(meta).get("ood"):
+            ref = imagestats.calibration(modelio.load_ood(mdir))
+            if ref is not None:
+                return ref
+    return None
 
 
 def model_dir(run_dir: str, backbone: str) -> str:
@@ -278,4 +331,7 @@ def load_probs(run_dir: str, backbones, split: str) -> SplitProbs:
              for b, t in tables.items()},
         mask_fraction=(first.loc[paths, "mask_fraction"].to_numpy(np.float64)
                        if "mask_fraction" in first else None),
+        # The same statistics for every backbone trained on one manifest: take the first that has them.
+        image_score=next((t.loc[paths, "image_score"].to_numpy(np.float64) for t in tables.values()
+                          if "image_score" in t and t["image_score"].notna().all()), None),
     )

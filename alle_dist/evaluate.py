@@ -118,7 +118,7 @@ def model_outputs(data: ensemble.SplitProbs, spec: ensemble.EnsembleSpec | None)
         scaled = ensemble.scale(p, temps.get(b, 1.0))      # argmax unchanged; calibration may improve
         out[b] = ModelOutput(b, scaled, p, p.argmax(1), scaled.max(1), [None] * len(p))
     if spec is not None:
-        d = ensemble.apply(spec, data.probs, data.ood, data.mask_fraction)
+        d = ensemble.apply_split(spec, data)
         raw = ensemble.combine([data.probs[b] for b in spec.backbones], spec.weights)
         out[ENSEMBLE] = ModelOutput(ENSEMBLE, d.probs, raw, d.label, d.confidence, d.reason)
     return out
@@ -157,7 +157,7 @@ def table3(data: ensemble.SplitProbs, spec: ensemble.EnsembleSpec) -> list[dict]
     for w in PAPER_WEIGHTS:
         for g in PAPER_GAMMAS:
             s = ensemble.EnsembleSpec(spec.backbones, spec.classes, w, g, spec.temperatures, spec.referral)
-            d = ensemble.apply(s, data.probs, data.ood, data.mask_fraction)
+            d = ensemble.apply_split(s, data)
             m = class_metrics(data.y, d.label, spec.classes)["overall"]
             rows.append({"weights": list(w), "gamma": g, "coverage": float(1 - d.refer.mean()), **m})
     return rows

@@ -60,11 +60,13 @@ def probs_schema(classes: list[str]) -> pa.Schema:
 
     `ood_score` is the backbone's feature-space distance to the training data (see alle_dist.ood);
     higher means less like the training images. `mask_fraction` is the share of pixels the HSV
-    segmentation kept (an empty field or a red-cells-only field keeps almost none).
+    segmentation kept (an empty field or a red-cells-only field keeps almost none). `image_score` is
+    the distance of the whole field's image statistics to the training fields' (alle_dist.imagestats).
     """
     fields = [pa.field("path", pa.string()), pa.field("label", pa.string())]
     fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
-    fields += [pa.field("ood_score", pa.float32()), pa.field("mask_fraction", pa.float32())]
+    fields += [pa.field("ood_score", pa.float32()), pa.field("mask_fraction", pa.float32()),
+               pa.field("image_score", pa.float32())]
     return pa.schema(fields)
 
 
@@ -83,8 +85,9 @@ def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
     ]
     fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
     fields += [pa.field(backbone_prob_column(b, c), pa.float32()) for b in backbones for c in classes]
-    # The referral signals behind refer_reason: HSV mask fraction and each backbone's OOD score.
-    fields += [pa.field("mask_fraction", pa.float32())]
+    # The referral signals behind refer_reason: HSV mask fraction, image-statistics distance and each
+    # backbone's OOD score.
+    fields += [pa.field("mask_fraction", pa.float32()), pa.field("image_score", pa.float32())]
     fields += [pa.field(backbone_ood_column(b), pa.float32()) for b in backbones]
     fields += [
         pa.field("weights", pa.list_(pa.float32())),

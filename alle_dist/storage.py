@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import socket
 import uuid
 from functools import lru_cache
 from urllib.parse import urlparse
@@ -32,10 +33,29 @@ def join(root: str, *parts: str) -> str:
     return os.path.join(root, *parts)
 
 
+def absolute(uri: str) -> str:
+    """An s3:// URI as given; a local path made absolute, so a recorded source still resolves when a
+    later stage runs from another directory (or as a `ray job submit` job in its own working dir)."""
+    return str(uri) if is_s3(uri) else os.path.abspath(os.path.expanduser(str(uri)))
+
+
+def _check_reachable(endpoint: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the endpoint, when nothing listens there: the retry strategy that rides
+    out S3 throttling would otherwise spend ~90 s on a refused connection before any error."""
+    parsed = urlparse(endpoint if "//" in endpoint else "//" + endpoint)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StorageError(f"S3 endpoint {endpoint} is unreachable ({exc.strerror or exc}); check "
+                           "AWS_ENDPOINT_URL and that the S3 service is up") from None
+
+
 @lru_cache(maxsize=8)
 def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
     if endpoint:
+        _check_reachable(endpoint)
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
@@ -93,16 +113,15 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write all or nothing: a temporary file renamed into place (an S3 PUT is atomic already)."""
     fs, path = resolve(uri)
-    parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
-    if not is_s3(uri):
-        fs.create_dir(parent, recursive=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open_output_stream(tmp) as f:
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:
             f.write(data)
-        os.replace(tmp, path)
         return
-    with fs.open_output_stream(path) as f:
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
         f.write(data)
+    os.replace(tmp, path)
 
 
 def exists(uri: str) -> bool:

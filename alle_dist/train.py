@@ -3,7 +3,7 @@
 Core (Ray-free): `split_rows`, `run_name`, `train_epoch`, `evaluate`, `replica_digest`. Ray shell: `train_loop` runs on each Train worker (one per
 GPU; gloo CPU workers without GPUs), fed by Ray Data shards; `train_backbone` drives one backbone:
 manifest → oversample (train split) → segment + augment → TorchTrainer → best / last model →
-probabilities and OOD statistics with the best model. Writes RUN/models/<backbone>/.
+probabilities and OOD statistics with the best model (alle_dist.export). Writes RUN/models/<backbone>/.
 """
 from __future__ import annotations
 
@@ -319,41 +319,10 @@ def publish(result, out: str) -> dict:
                                   best_epoch=best_epoch, last_epoch=last["epochs"][-1]["epoch"])
 
 
-def probs_table(recs: list[dict], classes: list[str], ood_scores: np.ndarray) -> pa.Table:
-    probs = np.stack([r["probs"] for r in recs]).astype(np.float32) if recs else np.zeros((0, len(classes)))
-    cols = {"path": [str(r["path"]) for r in recs], "label": [classes[int(r["label"])] for r in recs]}
-    cols.update({schema.prob_column(c): probs[:, j] for j, c in enumerate(classes)})
-    cols["ood_score"] = np.asarray(ood_scores, np.float32)
-    cols["mask_fraction"] = np.asarray([r["mask_fraction"] for r in recs], np.float32)
-    return pa.Table.from_pydict(cols, schema=schema.probs_schema(classes)).sort_by("path")
-
-
-def export(out: str, splits: dict[str, pa.Table], source: str, classes: list[str], jcfg, seg) -> dict:
-    """The best model over the un-augmented splits: OOD statistics (train) and val / test probabilities."""
-    from . import augment, ood
-    from .predict import predict_dataset
-    from .runtime import cluster_cpus, cluster_gpus
-
-    meta = modelio.read_meta(out)
-    where = {p: s for s, rows in splits.items() for p in rows.column("path").to_pylist()}
-    ds = augment.image_dataset(pa.concat_tables(splits.values()), source, classes, image_size=meta["image_size"],
-                               seg=seg, aug=None, seed=None)
-    gpus = min(cluster_gpus(), 1)  # inference is cheap next to training: one GPU actor is enough
-    recs = predict_dataset(ds, out, gpus=gpus, cpu_actors=max(1, min(2, cluster_cpus() // 2)),
-                           batch_size=64).take_all()
-    by = {s: sorted((r for r in recs if where[str(r["path"])] == s), key=lambda r: str(r["path"])) for s in splits}
-    feats = {s: np.stack([r["features"] for r in rs]) for s, rs in by.items() if rs}
-    stats = ood.fit(feats[schema.TRAIN], np.array([int(r["label"]) for r in by[schema.TRAIN]]), len(classes))
-    meta = modelio.save_ood(out, stats)
-    for split in (schema.VAL, schema.TEST):  # test last: its file marks a finished backbone
-        scores = ood.score(feats[split], stats) if split in feats else np.zeros(0, np.float32)
-        storage.write_parquet(probs_table(by[split], classes, scores), storage.join(out, f"{split}_probs.parquet"))
-    return meta
-
-
 def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     """Train (or resume, or skip when finished) `jcfg.train.backbone`; returns its final meta."""
     from . import augment, catalog, config
+    from .export import export_splits
 
     cfg, backbone = jcfg.train, jcfg.train.backbone
     out = model_dir(run_dir, backbone)
@@ -379,7 +348,7 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     t0 = time.perf_counter()
     result = fit(run_dir, jcfg, backbone, classes, datasets)
     meta = publish(result, out)
-    meta = export(out, splits, source, classes, jcfg, seg)
+    meta = export_splits(out, splits, source, classes, seg)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
 

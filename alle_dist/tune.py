@@ -86,13 +86,24 @@ def select_best(trials: list[dict], objective: str, min_coverage: float) -> dict
     return max(trials, key=lambda t: objective_value(t["metrics"], objective, min_coverage))
 
 
-def evaluate_setting(weights, gamma, data: ensemble.SplitProbs, temperatures) -> dict:
+def evaluate_setting(weights, gamma, data: ensemble.SplitProbs, temperatures, fixed_refer=None) -> dict:
+    """Validation metrics of one (weights, γ); `fixed_refer`: images a rule that does not depend on
+    them refers anyway (the image-statistics rule), so the coverage floor holds for the whole rule."""
     spec = ensemble.EnsembleSpec(tuple(data.probs), data.classes, weights, gamma, temperatures)
     d = ensemble.apply(spec, data.probs)
-    return decision_metrics(data.y, d.label, d.refer, len(data.classes))
+    refer = d.refer if fixed_refer is None else d.refer | fixed_refer
+    return decision_metrics(data.y, np.where(refer, -1, d.label), refer, len(data.classes))
 
 
-def _trial(config: dict, data: ensemble.SplitProbs, temperatures) -> dict:
+def image_rule_refers(data: ensemble.SplitProbs, cfg: config_mod.TuneConfig) -> np.ndarray | None:
+    """Which validation images the image-statistics rule refers (None when it is off or can't run)."""
+    if not (cfg.referral and "image_score" in cfg.referral_signals):
+        return None
+    rule = ensemble.fit_image_rule(data.image_score, data.image_reference, cfg.image_quantile)
+    return data.image_score > rule["image_score"] if rule else None
+
+
+def _trial(config: dict, data: ensemble.SplitProbs, temperatures, fixed_refer=None) -> dict:
     """One Ray Tune trial: weights either given (grid) or from raw uniform draws (search)."""
     point = config["point"]
     if "weights" in point:
@@ -101,7 +112,7 @@ def _trial(config: dict, data: ensemble.SplitProbs, temperatures) -> dict:
         w = np.asarray([config[f"w{i}"] for i in range(len(data.probs))], np.float64) + 1e-9
         w, gamma, source = w / w.sum(), config["gamma"], "random_search"
     w = tuple(np.round(w, 6) / np.round(w, 6).sum())
-    return {**evaluate_setting(w, float(gamma), data, temperatures),
+    return {**evaluate_setting(w, float(gamma), data, temperatures, fixed_refer),
             "weights": list(w), "gamma": float(gamma), "source": source, "index": point["i"]}
 
 
@@ -124,8 +135,8 @@ def search(data: ensemble.SplitProbs, temperatures, cfg: config_mod.TuneConfig) 
     space = {"point": tune.grid_search(points),
              "gamma": tune.uniform(*cfg.gamma_range)}
     space.update({f"w{i}": tune.uniform(0.0, 1.0) for i in range(len(data.probs))})
-    trainable = tune.with_resources(tune.with_parameters(_trial, data=data, temperatures=temperatures),
-                                    {"cpu": 1})
+    trainable = tune.with_resources(tune.with_parameters(_trial, data=data, temperatures=temperatures,
+                                                         fixed_refer=image_rule_refers(data, cfg)), {"cpu": 1})
     tmp = tempfile.mkdtemp(prefix="alle-dist-tune-")
     try:
         tuner = tune.Tuner(
@@ -158,9 +169,11 @@ def finish(data: ensemble.SplitProbs, temperatures, best: dict, cfg: config_mod.
     low_conf = ensemble.apply(base, data.probs).refer
     scaled = {b: ensemble.scale(data.probs[b], t) for b, t in zip(backbones, base.temperatures)}
     referral = ensemble.fit_referral(scaled, data.ood, data.mask_fraction, cfg.referral_coverage,
-                                     already_referred=low_conf, signals=cfg.referral_signals) if cfg.referral else {}
+                                     already_referred=low_conf, signals=cfg.referral_signals,
+                                     image_score=data.image_score, image_reference=data.image_reference,
+                                     image_quantile=cfg.image_quantile) if cfg.referral else {}
     spec = ensemble.EnsembleSpec(backbones, data.classes, best["weights"], best["gamma"], temperatures, referral)
-    d = ensemble.apply(spec, data.probs, data.ood, data.mask_fraction)
+    d = ensemble.apply_split(spec, data)
     return spec, decision_metrics(data.y, d.label, d.refer, len(data.classes))
 
 
@@ -171,6 +184,11 @@ def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> ensemble.SplitP
         raise UsageError(f"{run_dir}: validation labels outside the classes {list(data.classes)}")
     if not len(data.y):
         raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
+    data.image_reference = ensemble.image_reference(run_dir, cfg.backbones)
+    if cfg.referral and "image_score" in cfg.referral_signals and data.image_score is None:
+        log.warning("%s: the validation files carry no image_score (models trained before alle_dist had "
+                    "image statistics): unfamiliar images are referred by γ alone; retrain "
+                    "(`alle-dist train --retrain`) to enable the image-statistics rule", run_dir)
     return data
 
 

@@ -12,6 +12,7 @@
 #   2. OOD referral on those models (bench/ood_referral.py).
 #   3. training throughput: Ray Train vs a bare loop; DenseNet-201 vs ResNet-50 images/s.
 #   4. bulk classification throughput: the classify job vs a bare loop.
+#   5. (PART=3) DenseNet-201 vs ResNet-50 under torch.compile (compiling DenseNet takes minutes).
 # Results land in $OUT (logs, metrics.json, ensemble.json, comparison.md, one JSON line per bench).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
@@ -43,8 +44,8 @@ step() {  # step NAME SECONDS CMD...: log to $OUT/NAME.log, show the tail, keep 
 $PY -c "import torch, timm, ray; print('torch', torch.__version__, 'timm', timm.__version__, 'ray', ray.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
 CLI="$PY -m alle_dist.cli"
-PART=${PART:-all}   # 1: train + tune + evaluate + OOD; 2: the throughput benches (two device calls fit the 10-min limit)
-if [ "$PART" != 2 ]; then
+PART=${PART:-all}   # 1: train + tune + evaluate + OOD; 2: the throughput benches; 3: torch.compile (each fits one 10-min call)
+if [ "$PART" = all ] || [ "$PART" = 1 ]; then
 step prepare 60 $CLI prepare --data "$DATA" --run-dir "$RUN" --seed 0
 step train_$B 150 $CLI train --run-dir "$RUN" --backbone $B --pretrained none --workers 1 $TRAIN
 step train_$A 200 $CLI train --run-dir "$RUN" --backbone $A --pretrained none --workers 1 $TRAIN
@@ -54,10 +55,13 @@ cp "$RUN/ensemble.json" "$RUN/report/metrics.json" "$RUN/report/comparison.md" "
 for b in $A $B; do cp "$RUN/models/$b/meta.json" "$OUT/meta_$b.json" 2>/dev/null; done
 step ood 90 $PY bench/ood_referral.py --run-dir "$RUN" --device $DEV --limit $OODL
 fi
-if [ "$PART" != 1 ]; then
+if [ "$PART" = all ] || [ "$PART" = 2 ]; then
 step train_bench 100 $PY bench/train_throughput.py --mode ray --device $DEV $TT
 step members_bench 120 $PY bench/train_throughput.py --mode members --device $DEV $TM
 step classify_bench 150 $PY bench/classify_throughput.py --device $DEV --data "$DATA" $CT
+fi
+if [ "$PART" = all ] || [ "$PART" = 3 ]; then
+step members_compile 500 $PY bench/train_throughput.py --mode members --device $DEV $TM --compile
 fi
 grep -h '^{' "$OUT"/*.log > "$OUT/results.jsonl" 2>/dev/null
 echo "=== results"; cat "$OUT/results.jsonl"

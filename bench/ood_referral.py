@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alle_dist import catalog, ensemble, modelio, ood, oodset, schema, storage  # noqa: E402
-from alle_dist.augment import load_image  # noqa: E402
+from alle_dist import catalog, ensemble, imagestats, modelio, ood, oodset, schema, storage  # noqa: E402
 from alle_dist.config import SegmentConfig  # noqa: E402
 from alle_dist.imageio import decode_rgb, encode_png  # noqa: E402
+from alle_dist.segment import preprocess as model_input  # noqa: E402
 
 
 def split_images(run_dir: str, split: str, limit: int | None, seed: int) -> tuple[list[bytes], np.ndarray, list[str]]:
@@ -37,18 +37,23 @@ def split_images(run_dir: str, split: str, limit: int | None, seed: int) -> tupl
     return data, np.array([classes.index(r["label"]) for r in rows]), classes
 
 
-def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, np.ndarray]:
-    """The training pipeline's inputs: (uint8 N x S x S x 3, mask fractions); OpenCV frees the GIL."""
+def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pipeline's inputs: (uint8 N x S x S x 3, mask fractions, image statistics); OpenCV frees the GIL."""
+    def one(d: bytes):
+        rgb = decode_rgb(d)
+        return (*model_input(rgb, size, seg), imagestats.features(rgb, seg))
+
     with ThreadPoolExecutor() as ex:
-        out = list(ex.map(lambda d: load_image(d, size, seg), data))
-    return np.stack([o[0] for o in out]), np.array([o[1] for o in out])
+        out = list(ex.map(one, data))
+    return np.stack([o[0] for o in out]), np.array([o[1] for o in out]), np.stack([o[2] for o in out])
 
 
 def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int) -> dict:
-    """Per backbone probabilities and Mahalanobis scores, and the mask fraction, for encoded images."""
+    """Per backbone probabilities and Mahalanobis scores, the mask fraction and the image-statistics
+    score (from the first backbone with image statistics), for encoded images."""
     from alle_dist.predict import Predictor
 
-    probs, scores, mf, cache = {}, {}, None, {}
+    probs, scores, mf, img, ref, cache = {}, {}, None, None, None, {}
     for b in backbones:
         mdir = ensemble.model_dir(run_dir, b)
         pred, stats = Predictor(mdir, device), _ood_stats(mdir)
@@ -56,12 +61,20 @@ def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int)
         segmented = (cfg.get("train") or {}).get("segmented", True)
         seg = SegmentConfig(**cfg["segment"]) if segmented and cfg.get("segment") else (SegmentConfig() if segmented else None)
         key = (pred.image_size, seg)
-        x, frac = cache[key] if key in cache else cache.setdefault(key, preprocess(data, pred.image_size, seg))
+        x, frac, feats = cache[key] if key in cache else cache.setdefault(key, preprocess(data, pred.image_size, seg))
         outs = [pred(x[i:i + batch]) for i in range(0, len(x), batch)]
         probs[b] = np.concatenate([o["probs"] for o in outs]).astype(np.float64)
         scores[b] = ood.score(np.concatenate([o["features"] for o in outs]), stats).astype(np.float64)
         mf = frac if mf is None else mf
-    return {"probs": probs, "ood": scores, "mask_fraction": mf}
+        if img is None and imagestats.has_stats(stats):
+            img = imagestats.score(feats, stats).astype(np.float64)
+            ref = imagestats.calibration(stats)
+    return {"probs": probs, "ood": scores, "mask_fraction": mf, "image_score": img,
+            "image_reference": ref if img is not None else None}
+
+
+def decide(spec: ensemble.EnsembleSpec, s: dict) -> np.ndarray:
+    return ensemble.apply(spec, s["probs"], s["ood"], s["mask_fraction"], s["image_score"]).refer
 
 
 def _ood_stats(mdir: str) -> dict:
@@ -90,10 +103,13 @@ def methods(spec: ensemble.EnsembleSpec, val: dict, target: float, rule_signals=
     low_conf = ensemble.apply(no_ref, val["probs"]).refer
     scaled = {b: ensemble.scale(val["probs"][b], T) for b, T in zip(bs, temps)}
     fit = lambda which, low=None: ensemble.fit_referral(  # noqa: E731
-        scaled, val["ood"], val["mask_fraction"], target, already_referred=low, signals=which)
+        scaled, val["ood"], val["mask_fraction"], target, already_referred=low, signals=which,
+        image_score=val["image_score"], image_reference=val["image_reference"])
     combo = fit(rule_signals, low_conf)
     combo_spec = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, combo)
     combo_all = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(ensemble.SIGNALS, low_conf))
+    no_image = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(("ood_score", "mask_low"), low_conf))
+    image_only = ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(("image_score",)))
     # The unfamiliar-image rule alone (γ = 0): what the rule adds beyond a confidence threshold.
     unfam_spec = ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(rule_signals))
     out = {
@@ -101,14 +117,16 @@ def methods(spec: ensemble.EnsembleSpec, val: dict, target: float, rule_signals=
         "msp_temperature": lambda s: msp(s, temps) > t_mspt,
         "disagreement": lambda s: dis(s) > t_dis,
         "mahalanobis": lambda s: _maha_union(s, bs, thr_m),
+        "image_stats": lambda s: decide(image_only, s),
         "mask_fraction": lambda s: ensemble.apply(ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, only_mask),
                                                   s["probs"], None, s["mask_fraction"]).refer,
-        "unfamiliar_rule": lambda s: ensemble.apply(unfam_spec, s["probs"], s["ood"], s["mask_fraction"]).refer,
-        "combined": lambda s: ensemble.apply(combo_spec, s["probs"], s["ood"], s["mask_fraction"]).refer,
-        "combined_all_signals": lambda s: ensemble.apply(combo_all, s["probs"], s["ood"], s["mask_fraction"]).refer,
+        "unfamiliar_rule": lambda s: decide(unfam_spec, s),
+        "combined_without_image": lambda s: decide(no_image, s),
+        "combined": lambda s: decide(combo_spec, s),
+        "combined_all_signals": lambda s: decide(combo_all, s),
     }
     if spec.referral:
-        out["ensemble_json"] = lambda s: ensemble.apply(spec, s["probs"], s["ood"], s["mask_fraction"]).refer
+        out["ensemble_json"] = lambda s: decide(spec, s)
     return out, combo
 
 
@@ -120,6 +138,10 @@ def save_signals(path: str, sig: dict, val_y, test_y, kinds) -> None:
     arrays = {"val_y": val_y, "test_y": test_y, "ood_kind": np.array(kinds)}
     for split, s in sig.items():
         arrays[f"{split}_mask_fraction"] = s["mask_fraction"]
+        if s["image_score"] is not None:
+            arrays[f"{split}_image_score"] = s["image_score"]
+        if s["image_reference"] is not None:
+            arrays[f"{split}_image_reference"] = s["image_reference"]
         for b in s["probs"]:
             arrays[f"{split}_{b}_probs"], arrays[f"{split}_{b}_ood"] = s["probs"][b], s["ood"][b]
     np.savez_compressed(path, **arrays)

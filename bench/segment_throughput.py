@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from alle_dist import segment, storage, synthetic  # noqa: E402
 from alle_dist.config import SegmentConfig  # noqa: E402

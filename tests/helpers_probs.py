@@ -49,7 +49,7 @@ def tune_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def write_probs(run_dir, backbone: str, split: str, paths, y, probs, ood=None, mask=None,
-                classes=CLASSES, meta: bool = True) -> str:
+                classes=CLASSES, meta: bool = True, image=None) -> str:
     """RUN/models/<backbone>/<split>_probs.parquet with schema.probs_schema (+ meta.json)."""
     n = len(paths)
     cols = {"path": list(paths), "label": [classes[i] for i in y]}
@@ -57,6 +57,7 @@ def write_probs(run_dir, backbone: str, split: str, paths, y, probs, ood=None, m
         cols[schema.prob_column(c)] = np.asarray(probs)[:, j].astype(np.float32)
     cols["ood_score"] = (np.zeros(n) if ood is None else np.asarray(ood)).astype(np.float32)
     cols["mask_fraction"] = (np.full(n, 0.2) if mask is None else np.asarray(mask)).astype(np.float32)
+    cols["image_score"] = (np.zeros(n) if image is None else np.asarray(image)).astype(np.float32)
     table = pa.table(cols, schema=schema.probs_schema(list(classes)))
     mdir = storage.join(str(run_dir), "models", backbone)
     uri = storage.join(mdir, f"{split}_probs.parquet")

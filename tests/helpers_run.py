@@ -93,10 +93,11 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
                  referral: dict | None = None) -> Path:
     """A real run directory: tiny untrained timm models saved through modelio, OOD statistics
-    fitted with ood.fit on random features, ensemble.json through ensemble.save_spec."""
+    fitted with ood.fit on random features and imagestats.fit on smear images, ensemble.json
+    through ensemble.save_spec."""
     import torch
     from alle_dist import backbones as bb
-    from alle_dist import ensemble, modelio, ood
+    from alle_dist import ensemble, imagestats, modelio, ood
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -110,6 +111,7 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
         dim = int(model.num_features)
         feats = rng.normal(size=(64, dim)).astype(np.float32)
         stats = ood.fit(feats, rng.integers(0, len(classes), 64), len(classes))
+        stats.update(imagestats.fit(np.stack([imagestats.features(smear(rng)) for _ in range(32)])))
         modelio.save_ood(model_dir, stats)
     w = weights or [1.0 / len(backbones)] * len(backbones)
     spec = ensemble.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +89,17 @@ def test_clear_errors_for_empty_source_one_class_and_missing_bucket(tmp_path, s3
         catalog.list_labelled("s3://no-such-bucket-x/data")
 
 
+def test_an_s3_endpoint_nobody_listens_on_fails_in_seconds(monkeypatch):
+    with socket.socket() as s:                  # a port that was free a moment ago: nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    with pytest.raises(storage.StorageError, match=rf"S3 endpoint http://127.0.0.1:{port} is unreachable .* AWS_ENDPOINT_URL"):
+        catalog.list_labelled("s3://any-bucket/data")
+    assert time.perf_counter() - t0 < 15      # not the ~90 s of ten S3 retries
+
+
 def prepare(*argv: str) -> int:
     """`alle-dist prepare ARGV` through the stage's own parser (as ray_jobs/prepare.py runs it)."""
     from alle_dist.cli import get_args_parser, run_stage
@@ -135,7 +148,7 @@ def test_real_manifest_counts_split_and_duplicates(ray_local, leukemia_dir):
 
 
 @pytest.mark.ray
-def test_s3_source_gives_the_same_manifest_as_local(ray_local, leukemia_dir, s3_bucket, tmp_path):
+def test_s3_source_gives_the_same_manifest_as_local(ray_local, leukemia_dir, s3_bucket, tmp_path, monkeypatch):
     # A subset of the real images (10 per class, for speed) plus the corrupt files.
     local = tmp_path / "src"
     for cls in README_COUNTS:
@@ -147,9 +160,11 @@ def test_s3_source_gives_the_same_manifest_as_local(ray_local, leukemia_dir, s3_
 
     src_s3, run_s3 = f"s3://{s3_bucket}/smears", f"s3://{s3_bucket}/runs/r1"
     assert prepare("--data", src_s3, "--run-dir", run_s3, "--seed", "5") == 0
-    assert prepare("--data", str(local), "--run-dir", str(tmp_path / "run"), "--seed", "5") == 0
+    monkeypatch.chdir(tmp_path)   # a relative SRC is recorded absolute: later stages run from anywhere
+    assert prepare("--data", "src", "--run-dir", str(tmp_path / "run"), "--seed", "5") == 0
     t_s3, source, classes = catalog.read_manifest(run_s3)
-    t_local, _, _ = catalog.read_manifest(str(tmp_path / "run"))
+    t_local, local_source, _ = catalog.read_manifest(str(tmp_path / "run"))
+    assert local_source == str(local)
     assert source == src_s3 and classes == sorted(README_COUNTS)
     assert t_s3.num_rows == 44 and t_s3.equals(t_local)
     errors = t_s3.filter(pc.equal(t_s3.column("status"), schema.ERROR)).to_pylist()

@@ -10,8 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from alle_dist import classify, classify_io, ensemble, modelio, schema, storage
+from alle_dist import classify, classify_io, ensemble, imagestats, modelio, schema, storage
 from alle_dist.config import ClassifyConfig, ConfigError, JobConfig
+from alle_dist.imageio import decode_rgb
 from alle_dist.predict import Predictor
 from helpers_run import CLASSES, make_run_dir, write_bad_inputs, write_images
 
@@ -50,7 +51,12 @@ def test_classifier_rows_are_the_ensemble_of_both_predictors(run_dir, tmp_path):
     images = classify_io.images_of(batch, prep.image_size)
     probs = {b: Predictor(classify.model_dir(run_dir, b))(images)["probs"] for b in models.spec.backbones}
     mf = np.array([r["mask_fraction"] for r in ok])
-    d = ensemble.apply(models.spec, probs, None, mf)
+    # image_score: imagestats of the original file, scored with the first backbone's statistics
+    stats = modelio.load_ood(classify.model_dir(run_dir, models.spec.backbones[0]))
+    originals = [decode_rgb((tmp_path / r["path"]).read_bytes()) for r in ok]
+    want = imagestats.score(np.stack([imagestats.features(x, prep.segment) for x in originals]), stats)
+    np.testing.assert_allclose([r["image_score"] for r in ok], want, rtol=1e-5)
+    d = ensemble.apply(models.spec, probs, None, mf, want)
     np.testing.assert_allclose([r["p_Pre"] for r in ok], d.probs[:, CLASSES.index("Pre")], atol=1e-6)
     assert [r["label"] for r in ok] == [CLASSES[i] if i >= 0 else schema.REFER for i in d.label]
     assert all(r["model_sha256"] == models.model_sha256 and r["weights"] == [0.5, 0.5] for r in ok)

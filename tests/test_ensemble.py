@@ -78,6 +78,13 @@ def test_referral_rules_and_reasons():
     d = E.apply(spec((0.5, 0.5), 0.6, referral=referral), probs, ood, mask)
     assert d.reason == [None, "unfamiliar", "empty_field", "unfamiliar", "disagreement+low_confidence"]
     assert d.label.tolist() == [0, -1, -1, -1, -1]
+    # the image-statistics rule: above the threshold or NaN is odd; no scores given, it stays off
+    img = np.array([1.0, 1.0, 1.0, 1.0, 7.0])
+    d = E.apply(spec((0.5, 0.5), 0.0, referral={"image_score": 5.0}), probs, None, None, img)
+    assert d.reason == [None] * 4 + ["odd_image"]
+    d = E.apply(spec((0.5, 0.5), 0.0, referral={"image_score": 5.0}), probs, None, None, np.r_[img[:4], np.nan])
+    assert d.reason[-1] == "odd_image"
+    assert not E.apply(spec((0.5, 0.5), 0.0, referral={"image_score": 5.0}), probs).refer.any()
 
 
 def test_fit_referral_keeps_target_coverage_and_refers_constructed_ood():
@@ -105,16 +112,35 @@ def test_fit_referral_keeps_target_coverage_and_refers_constructed_ood():
     assert all("unfamiliar" in x for x in d.reason[:10]) and all("empty_field" in x for x in d.reason[10:20])
 
 
-def test_default_signals_leave_out_disagreement_and_the_high_mask_tail():
+def test_default_rule_is_the_image_statistics_at_a_pooled_quantile():
     rng = np.random.default_rng(1)
     p = rng.dirichlet([8, 1], 200)
-    r = E.fit_referral({"a": p, "b": p[:, ::-1]}, {"a": rng.chisquare(8, 200)}, rng.uniform(0.1, 0.3, 200), 0.99)
-    assert r["signals"] == ["ood_score", "mask_low"] and "disagreement" not in r
+    img, reference = rng.chisquare(20, 200), rng.chisquare(20, 1800)
+    r = E.fit_referral({"a": p, "b": p[:, ::-1]}, {"a": rng.chisquare(8, 200)}, rng.uniform(0.1, 0.3, 200), 0.99,
+                       image_score=img, image_reference=reference)
+    assert r["signals"] == ["image_score"] and r["quantile"] is None
+    assert r["ood_score"] == {} and "mask_fraction" not in r and "disagreement" not in r
+    # the threshold: the 99.5 % quantile of validation pooled with the training fields' out-of-fold scores
+    assert r["image_score"] == np.quantile(np.r_[img, reference], 0.995, method="higher")
+    assert r["image_reference_n"] == 2000 and r["val_coverage"] == pytest.approx(1 - (img > r["image_score"]).mean())
+    # without a reference, validation alone; a rule without any image scores refers nothing
+    assert E.fit_referral({"a": p}, None, None, image_score=img, image_quantile=1.0)["image_score"] == img.max()
+    assert E.fit_referral({"a": p}, None, None)["val_coverage"] == 1.0
+
+
+def test_union_rule_shares_the_budget_left_after_gamma_and_the_image_rule():
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet([8, 1], 200)
+    img = rng.chisquare(20, 200)
+    sig = ("ood_score", "mask_low", "image_score")
+    r = E.fit_referral({"a": p}, {"a": rng.chisquare(8, 200)}, rng.uniform(0.1, 0.3, 200), 0.97,
+                       signals=sig, image_score=img, image_quantile=0.99)
     assert r["mask_fraction"]["high"] is None and r["mask_fraction"]["low"] > 0.1
-    assert 0.99 <= r["val_coverage"] < 1.0
+    assert r["ood_score"]["a"] > 0 and 0.5 < r["quantile"] < 1.0
+    assert 0.97 <= r["val_coverage"] < 0.98
     # already_referred eats the budget: the most lenient thresholds come back
     r2 = E.fit_referral({"a": p}, {"a": rng.chisquare(8, 200)}, rng.uniform(0.1, 0.3, 200), 0.99,
-                        already_referred=np.r_[np.ones(5, bool), np.zeros(195, bool)])
+                        already_referred=np.r_[np.ones(5, bool), np.zeros(195, bool)], signals=sig[:2])
     assert r2["quantile"] == 1.0 and r2["val_coverage"] == pytest.approx(0.975)
     with pytest.raises(ConfigError, match="signals"):
         E.fit_referral({"a": p}, None, None, 0.99, signals=("energy",))

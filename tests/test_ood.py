@@ -82,7 +82,8 @@ def test_referral_of_unfamiliar_real_images(leukemia_dir):
     probs = np.full((56, 4), 0.25)
     probs[np.arange(56), y] = 0.97                                      # a confident "network"
     probs /= probs.sum(1, keepdims=True)
-    referral = ensemble.fit_referral({"m": probs[val]}, {"m": ood.score(feats[val], stats)}, mf[val], 0.95)
+    referral = ensemble.fit_referral({"m": probs[val]}, {"m": ood.score(feats[val], stats)}, mf[val], 0.95,
+                                     signals=("ood_score", "mask_low"))
     spec = ensemble.EnsembleSpec(("m",), ("Benign", "Early", "Pre", "Pro"), (1.0,), 0.5, (), referral)
     kinds = ["stain_hue", "blank_field", "red_cells_only", "unstained"]
     items = oodset.build([imgs[i] for i in np.flatnonzero(test)], seed=0, kinds=kinds)

@@ -12,7 +12,7 @@ from alle_dist.imageio import decode_rgb
 
 def test_generate_is_deterministic_and_laid_out_by_class(tmp_path):
     a = synthetic.generate(str(tmp_path / "a"), n_per_class=2, seed=4)
-    b = synthetic.generate(str(tmp_path / "b"), n_per_class=3, seed=4)
+    synthetic.generate(str(tmp_path / "b"), n_per_class=3, seed=4)
     files = sorted(p.relative_to(a).as_posix() for p in (tmp_path / "a").rglob("*.jpg"))
     assert files == [f"{c}/{c}-{i:04d}.jpg" for c in synthetic.CLASSES for i in range(2)]
     for rel in files:  # a larger set keeps the smaller set's files

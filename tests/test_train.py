@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from alle_dist import augment, backbones, catalog, config, modelio, schema, storage, train
-from alle_dist.config import PrepareConfig
+from alle_dist import augment, backbones, catalog, config, imagestats, modelio, schema, storage, train
+from alle_dist.config import PrepareConfig, SegmentConfig
+from alle_dist.imageio import decode_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--backbone", "test_resnet", "--pretrained", "none", "--image-size", "64", "--batch-size", "8"]
@@ -170,7 +171,12 @@ def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, 
         assert probs.column("path").to_pylist() == expected                  # one row per image
         p = np.stack([probs.column(schema.prob_column(c)).to_numpy() for c in classes], 1)
         np.testing.assert_allclose(p.sum(1), 1, atol=1e-4)
-    assert set(modelio.load_ood(str(out))) >= {"means", "precision"}
+        # The image-statistics distance of each original field, as bulk classification computes it.
+        stats = modelio.load_ood(str(out))
+        first = storage.read_bytes(str(leukemia_dir / expected[0]))
+        want = imagestats.score(imagestats.features(decode_rgb(first), SegmentConfig())[None], stats)
+        assert probs.column("image_score").to_numpy()[0] == pytest.approx(float(want[0]), rel=1e-5)
+    assert set(modelio.load_ood(str(out))) >= {"means", "precision", "image_means", "image_precision"}
     # The same command once more: finished, not retrained.
     monkeypatch.delenv(train.FAIL_ENV)
     t0 = time.perf_counter()

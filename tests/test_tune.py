@@ -50,28 +50,48 @@ def test_decision_metrics_counts_referral_as_error():
     assert m["accuracy_on_accepted"] == pytest.approx(2 / 3)
 
 
+def test_the_coverage_floor_counts_the_image_rule():
+    """Trials see the image-statistics rule's referrals (it does not depend on weights or γ), so the
+    floor tune.min_coverage holds for the whole rule, not for γ alone."""
+    y = np.array([0, 1, 2, 3] * 5)
+    p = np.full((20, 4), 0.02) + np.eye(4)[y] * 0.92
+    image = np.r_[np.arange(18.0), 100.0, 200.0]              # the last two fields are odd
+    data = ensemble.SplitProbs([f"f{i}" for i in range(20)], y, ("A", "B", "C", "D"), {"a": p, "b": p},
+                               {}, np.full(20, 0.2), image, image_reference=np.arange(200.0) / 10)
+    fixed = T.image_rule_refers(data, TuneConfig(image_quantile=0.99))
+    assert fixed.tolist() == [False] * 18 + [True, True]
+    m = T.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0), fixed)
+    assert m["coverage"] == 0.9 and m["accuracy_referral_as_error"] == 0.9
+    assert T.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0))["coverage"] == 1.0
+    assert T.image_rule_refers(data, TuneConfig(referral_signals=("ood_score",))) is None
+    assert T.image_rule_refers(data, TuneConfig(referral=False)) is None
+
+
 def test_config_rejects_unknown_objective():
     with pytest.raises(ConfigError, match="objective"):
         TuneConfig(objective="auc")
 
 
 def _write_case(run_dir):
+    """Validation files of the constructed case; returns (labels, image scores)."""
     y, pa_, pb = tune_case()
     paths = [f"{['Benign', 'Early', 'Pre', 'Pro'][c]}/v{i}.jpg" for i, c in enumerate(y)]
     rng = np.random.default_rng(1)
+    image = rng.chisquare(20, len(y))       # one image score per field, the same in both backbones' files
     for b, p in zip(BACKBONES, (pa_, pb)):
         # reversed row order in the second backbone: rows must be joined on path, not position
         order = slice(None) if b == BACKBONES[0] else slice(None, None, -1)
         write_probs(run_dir, b, "val", np.array(paths)[order], y[order], p[order],
-                    ood=rng.chisquare(8, len(y))[order], mask=rng.normal(0.2, 0.02, len(y))[order])
+                    ood=rng.chisquare(8, len(y))[order], mask=rng.normal(0.2, 0.02, len(y))[order],
+                    image=image[order])
         # the test split must never be read: an unreadable file would fail the stage if it were
         storage.write_bytes(str(run_dir / "models" / b / "test_probs.parquet"), b"not parquet")
-    return y
+    return y, image
 
 
 @pytest.mark.ray
 def test_tune_stage_finds_known_best_with_real_trials(ray_local, tmp_path):
-    _write_case(tmp_path)
+    y, image = _write_case(tmp_path)
     (tmp_path / "cfg.yaml").write_text("tune:\n  temperature_scaling: false\n  gamma_range: [0.7, 0.75]\n"
                                        "  min_coverage: 0.0\n")
     args = get_args_parser("tune").parse_args(["--run-dir", str(tmp_path), "--num-samples", "3",
@@ -87,8 +107,10 @@ def test_tune_stage_finds_known_best_with_real_trials(ray_local, tmp_path):
     assert max(t["metrics"]["accuracy_referral_as_error"] for t in doc["trials"]) == pytest.approx(55 / 59)
     spec = ensemble.load_spec(str(tmp_path))
     assert spec.weights == (0.7, 0.3) and spec.gamma == 0.7 and spec.temperatures == (1.0, 1.0)
-    # referral fitted on validation: the whole rule still covers ≥ referral_coverage of what γ kept
-    assert set(spec.referral["ood_score"]) == set(BACKBONES)
+    # referral fitted on validation (the default rule: image statistics; no out-of-fold reference
+    # here, so validation alone); the whole rule still covers ≥ referral_coverage of what γ kept
+    assert spec.referral["signals"] == ["image_score"] and spec.referral["image_reference_n"] == len(y)
+    assert spec.referral["image_score"] == pytest.approx(np.quantile(image, 0.995, method="higher"), rel=1e-6)
     assert doc["metrics"]["validation"]["coverage"] >= doc["selected"]["metrics"]["coverage"] - 0.02
     assert (tmp_path / "tune_config.yaml").exists()
 
