@@ -66,7 +66,9 @@ def prep_spec(models: Models, src: str, job: JobConfig) -> classify_io.PrepSpec:
     segmented = all(_train_cfg(m).get("segmented", True) for m in models.metas.values())
     size = max(int(m["image_size"]) for m in models.metas.values())
     seg = _segment_cfg(next(iter(models.metas.values())), job.segment) if segmented else None
-    return classify_io.PrepSpec(src=src, image_size=size, segment=seg, max_pixels=job.classify.max_pixels)
+    stats = any(imagestats.has_stats(load_ood_stats(models, b)) for b in models.spec.backbones)
+    return classify_io.PrepSpec(src=src, image_size=size, segment=seg, max_pixels=job.classify.max_pixels,
+                                image_stats=stats)
 
 
 def _train_cfg(meta: dict) -> dict:

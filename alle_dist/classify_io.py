@@ -127,6 +127,7 @@ class PrepSpec:
     image_size: int
     segment: SegmentConfig | None = SegmentConfig()   # None: the models were trained unsegmented
     max_pixels: int = 50_000_000
+    image_stats: bool = True      # compute imagestats.features (False: the models have no image statistics)
 
 
 def read_input(uri: str) -> bytes:
@@ -162,7 +163,8 @@ def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -
             return row
         rgb = decode_rgb(data, spec.max_pixels)
         del data
-        row["image_stats"] = imagestats.features(rgb, spec.segment).tobytes()   # as training computes them
+        if spec.image_stats:   # of the original field, as training computes them
+            row["image_stats"] = imagestats.features(rgb, spec.segment).tobytes()
         image, row["mask_fraction"] = preprocess(rgb, spec.image_size, spec.segment)
         row["image"] = image.tobytes()
     except (InputError, DecodeError) as exc:

@@ -91,7 +91,7 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
 
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
-                 referral: dict | None = None) -> Path:
+                 referral: dict | None = None, image_stats: bool = True) -> Path:
     """A real run directory: tiny untrained timm models saved through modelio, OOD statistics
     fitted with ood.fit on random features and imagestats.fit on smear images, ensemble.json
     through ensemble.save_spec."""
@@ -111,7 +111,8 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
         dim = int(model.num_features)
         feats = rng.normal(size=(64, dim)).astype(np.float32)
         stats = ood.fit(feats, rng.integers(0, len(classes), 64), len(classes))
-        stats.update(imagestats.fit(np.stack([imagestats.features(smear(rng)) for _ in range(32)])))
+        if image_stats:   # False: models from before alle_dist had image statistics
+            stats.update(imagestats.fit(np.stack([imagestats.features(smear(rng)) for _ in range(32)])))
         modelio.save_ood(model_dir, stats)
     w = weights or [1.0 / len(backbones)] * len(backbones)
     spec = ensemble.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,
