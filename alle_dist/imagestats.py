@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ood
 from .config import SegmentConfig
-from .segment import hsv_mask
+from .segment import hsv_mask, resize_square
 
 STATS_SIZE = 224
 FEATURES = (
@@ -64,13 +64,11 @@ def _shape(mask: np.ndarray) -> list[float]:
 
 def features(rgb: np.ndarray, seg: SegmentConfig | None = None) -> np.ndarray:
     """FEATURES of one uint8 RGB field (any size), float32; `seg`: the model's segmentation (default HSV)."""
-    if rgb.shape[:2] != (STATS_SIZE, STATS_SIZE):
-        interp = cv2.INTER_AREA if min(rgb.shape[:2]) > STATS_SIZE else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (STATS_SIZE, STATS_SIZE), interpolation=interp)
+    rgb = resize_square(rgb, STATS_SIZE)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     h, s, v = hsv[..., 0], hsv[..., 1].astype(np.float32), hsv[..., 2].astype(np.float32)
-    mask = hsv_mask(rgb, seg or SegmentConfig())
+    mask = hsv_mask(rgb, seg or SegmentConfig(), hsv)
     kept = mask > 0
     cells = [*_hue(h[kept], s[kept]), float(s[kept].mean()), float(v[kept].mean())] if kept.any() else [0.0] * 4
     # cv2.mean with a mask: 10x faster than numpy's mean over a boolean-indexed copy
@@ -128,7 +126,9 @@ def calibration(stats: dict | None) -> np.ndarray | None:
 
 
 def _check(feats: np.ndarray) -> np.ndarray:
-    feats = np.asarray(feats, np.float64).reshape(-1, len(FEATURES)) if np.size(feats) == 0 else np.asarray(feats, np.float64)
+    feats = np.asarray(feats, np.float64)
+    if feats.size == 0:                        # no rows, whatever shape the empty input had
+        feats = feats.reshape(0, len(FEATURES))
     if feats.ndim != 2 or feats.shape[1] != len(FEATURES):
         raise ValueError(f"image statistics must be N x {len(FEATURES)} ({', '.join(FEATURES)}), got {feats.shape}")
     return feats

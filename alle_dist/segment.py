@@ -23,9 +23,10 @@ from .imageio import DecodeError, decode_rgb, encode_jpeg, encode_png
 from .schema import ERROR, IMAGE_SUFFIXES, OK, SEGMENT_REPORT_SCHEMA
 
 
-def hsv_mask(rgb: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
-    """Binary uint8 mask (0 / 255) of the pixels inside the HSV interval, cleaned up."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+def hsv_mask(rgb: np.ndarray, cfg: SegmentConfig, hsv: np.ndarray | None = None) -> np.ndarray:
+    """Binary uint8 mask (0 / 255) of the pixels inside the HSV interval, cleaned up; pass `hsv`
+    (cv2.COLOR_RGB2HSV of rgb) when the caller has it already."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV) if hsv is None else hsv
     mask = cv2.inRange(hsv, np.array(cfg.hsv_lower, np.uint8), np.array(cfg.hsv_upper, np.uint8))
     if cfg.open_kernel > 1:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.open_kernel, cfg.open_kernel))
@@ -167,8 +168,13 @@ def preprocess(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None) -> t
     if seg is not None:
         rgb, mask = segment_image(rgb, seg)
         frac = mask_fraction(mask)
-    if rgb.shape[:2] != (image_size, image_size):
-        # INTER_AREA anti-aliases a downscale; most archive images are larger than the model input.
-        interp = cv2.INTER_AREA if min(rgb.shape[:2]) > image_size else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (image_size, image_size), interpolation=interp)
-    return np.ascontiguousarray(rgb), frac
+    return np.ascontiguousarray(resize_square(rgb, image_size)), frac
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """rgb resized to size² (unchanged when it is already): INTER_AREA anti-aliases a downscale (most
+    archive images are larger than the model input), INTER_LINEAR upscales."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    interp = cv2.INTER_AREA if min(rgb.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)

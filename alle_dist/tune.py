@@ -100,7 +100,9 @@ def image_rule_refers(data: ensemble.SplitProbs, cfg: config_mod.TuneConfig) -> 
     if not (cfg.referral and "image_score" in cfg.referral_signals):
         return None
     rule = ensemble.fit_image_rule(data.image_score, data.image_reference, cfg.image_quantile)
-    return data.image_score > rule["image_score"] if rule else None
+    if not rule:
+        return None
+    return ensemble.referral_flags(rule, data.probs, None, None, data.image_score)["odd_image"]
 
 
 def _trial(config: dict, data: ensemble.SplitProbs, temperatures, fixed_refer=None) -> dict:
