@@ -12,12 +12,12 @@ import sys
 
 # Stage name → module, in the order data flows. Imported lazily: `alle-dist --help` stays fast.
 STAGES = {
-    "prepare": "alle_dist.catalog",
-    "segment": "alle_dist.segment",
-    "train": "alle_dist.train",
-    "tune": "alle_dist.tune",
-    "evaluate": "alle_dist.evaluate",
-    "classify": "alle_dist.classify",
+    "prepare": "alle_dist.prepare.stage",
+    "segment": "alle_dist.segment.stage",
+    "train": "alle_dist.train.job",
+    "tune": "alle_dist.ensemble.tune",
+    "evaluate": "alle_dist.evaluate.stage",
+    "classify": "alle_dist.classify.stage",
     "demo": "alle_dist.demo",
 }
 
@@ -52,20 +52,19 @@ def get_args_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> int:
-    """Run one stage; a user error (bad path, bad config) is one line on stderr and exit code 2."""
-    from .config import ConfigError
-    from .storage import StorageError
+    """Run one stage; a user error (bad path, bad config, a stale artifact) is one line on stderr and
+    exit code 2, also when a Ray task or actor raised it."""
+    from .errors import user_error_in
 
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(message)s")
     try:
         return int(_module(stage).main(args) or 0)
-    except (ConfigError, StorageError, UsageError) as exc:
-        print(f"alle-dist {stage}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless a user error is behind it
+        user = user_error_in(exc)
+        if user is None:
+            raise
+        print(f"alle-dist {stage}: error: {str(user).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-
-
-class UsageError(RuntimeError):
-    """A problem the user can fix; printed as one line naming the fix."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,8 @@ from typing import Any
 
 import yaml
 
-from . import storage
-
-
-class ConfigError(ValueError):
-    """A config value that can't be used; the message names the key and the fix."""
+from .errors import ConfigError
+from .io import storage
 
 
 def _check(cond: bool, msg: str) -> None:

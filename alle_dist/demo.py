@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import storage
+from .io import storage
+from .rundir import RunDir
 
 DEMO_BACKBONES = "test_resnet,test_efficientnet"
 
@@ -25,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(stage: str, argv: list) -> None:
-    from .cli import UsageError, get_args_parser, run_stage
+    from .cli import get_args_parser, run_stage
+    from .errors import UsageError
 
     print(f"\n=== alle-dist {stage} {' '.join(map(str, argv))}", flush=True)
     t0 = time.time()
@@ -37,7 +39,7 @@ def _run(stage: str, argv: list) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .runtime import init_ray
-    from .synthetic import generate
+    from .testing.synthetic import generate
 
     run = str(args.run_dir)
     data = args.data or generate(storage.join(run, "synthetic"), n_per_class=args.n_per_class,
@@ -58,9 +60,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def summary(run: str, out: str, seconds: float) -> str:
-    from .classify_io import read_results
+    from .classify.parts import read_results
 
-    metrics = storage.read_json(storage.join(run, "report", "metrics.json"))
+    metrics = storage.read_json(RunDir(run).report_file(RunDir.METRICS))
     rows = read_results(out)
     ok = [r for r in rows.column("status").to_pylist() if r == "ok"]
     referred = sum(bool(r) for r in rows.column("refer").to_pylist() if r is not None)
@@ -72,7 +74,7 @@ def summary(run: str, out: str, seconds: float) -> str:
         f"  coverage (not referred)     {metrics['coverage']:.3f}",
         f"  classified images           {rows.num_rows} ({len(ok)} ok), referred {referred} "
         f"({referred / max(len(ok), 1):.1%})",
-        f"  report                      {storage.join(run, 'report', 'report.html')}",
+        f"  report                      {RunDir(run).report_file(RunDir.REPORT_HTML)}",
         f"  classification Parquet      {out}",
         f"  pipeline time               {seconds:.0f} s",
     ]

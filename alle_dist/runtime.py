@@ -41,6 +41,9 @@ def configure_data_context(no_progress_timeout_s: float | None = None) -> None:
     if os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") == "1":
         ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # A UDF's own exception (e.g. a StorageError for an S3 403) reaches the driver as itself, not as
+    # an opaque UserCodeException: errors.user_error_in finds it by type.
+    ctx.raise_original_map_exception = True
 
 
 def cluster_cpus() -> int:

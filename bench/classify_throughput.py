@@ -5,7 +5,7 @@
 
 Bare loop: read + sha256 + decode + segment + resize (a thread pool of --decode-threads, prefetching
 ahead of the models, like a DataLoader) → both models → OOD scores + ensemble, in this process.
-Job: `classify.plan_job` + `execute` on a private local Ray (read tasks → one model actor per GPU,
+Job: `cls_plan.plan_job` + `execute` on a private local Ray (read tasks → one model actor per GPU,
 or CPU actors → decider tasks → the driver's Parquet writer + manifest + reconciliation), timed
 from execute() start to the last published row, actor start-up included.
 
@@ -23,14 +23,17 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from alle_dist.classify import pipeline as cls_pipeline
+from alle_dist.classify import plan as cls_plan
+from alle_dist.config import ClassifyConfig, JobConfig
+from alle_dist.io import storage
+from alle_dist.models import inference
+from alle_dist.schema import IMAGE_SUFFIXES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # helpers_run.make_run_dir: the tests' real run directory
 
-from alle_dist import classify, classify_io, storage  # noqa: E402
-from alle_dist.config import ClassifyConfig, JobConfig  # noqa: E402
-from alle_dist.schema import IMAGE_SUFFIXES  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "leukemia"
 
@@ -53,21 +56,21 @@ def inputs(args, tmp: str) -> str:
     return str(out)
 
 
-def bare_loop(plan: classify.JobPlan, device: str, batch_size: int, threads: int) -> float:
+def bare_loop(plan: cls_plan.JobPlan, device: str, batch_size: int, threads: int) -> float:
     """images/s of read + decode + segment (threads, prefetched) → models → ensemble in one process."""
-    core = classify.Classifier(plan.models, "bare", device)
+    core = cls_pipeline.Classifier(plan.models, "bare", device)
     chunks = [plan.todo.slice(i, batch_size) for i in range(0, plan.todo.num_rows, batch_size)]
-    core(classify_io.prepare_batch(chunks[0], plan.prep))               # warm-up: not timed
+    core(inference.prepare_batch(chunks[0], plan.prep))               # warm-up: not timed
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        n = sum(core(b).num_rows for b in pool.map(lambda c: classify_io.prepare_batch(c, plan.prep), chunks))
+        n = sum(core(b).num_rows for b in pool.map(lambda c: inference.prepare_batch(c, plan.prep), chunks))
     _sync(device)
     return n / (time.perf_counter() - t)
 
 
-def job(plan: classify.JobPlan) -> float:
+def job(plan: cls_plan.JobPlan) -> float:
     t = time.perf_counter()
-    problems = classify.execute(plan)
+    problems = cls_pipeline.execute(plan)
     if problems:
         raise SystemExit(f"classify job incomplete: {problems}")
     return plan.run["rows_written"] / (time.perf_counter() - t)
@@ -106,12 +109,12 @@ def main() -> None:
     run = str(make_run_dir(Path(tmp) / "run", backbones=tuple(backbones), image_size=size, gamma=0.7))
     src = inputs(args, tmp)
     cfg = JobConfig(classify=ClassifyConfig(batch_size=batch, rows_per_file=50_000, gpus=1 if gpu else 0))
-    bare = bare_loop(classify.plan_job(run, src, f"{tmp}/bare", cfg), args.device, batch,
+    bare = bare_loop(cls_plan.plan_job(run, src, f"{tmp}/bare", cfg), args.device, batch,
                      args.decode_threads or cpus)
 
     from alle_dist.runtime import init_ray
     init_ray(num_cpus=cpus)
-    whole = job(classify.plan_job(run, src, f"{tmp}/out", cfg))
+    whole = job(cls_plan.plan_job(run, src, f"{tmp}/out", cfg))
     print(json.dumps({
         "bench": "classify_throughput", "device": args.device,
         "card": torch.cuda.get_device_name(0) if gpu else None, "cpus": cpus,

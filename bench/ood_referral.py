@@ -19,17 +19,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from alle_dist import errors
+from alle_dist import schema
+from alle_dist.config import SegmentConfig
+from alle_dist.ensemble import probs as ens_probs
+from alle_dist.ensemble import rule as ens_rule
+from alle_dist.imaging.model_input import preprocess as model_input
+from alle_dist.io import storage
+from alle_dist.io.images import decode_rgb, encode_png
+from alle_dist.models import feature_distance
+from alle_dist.models import field_stats
+from alle_dist.models import files as model_files
+from alle_dist.prepare import catalog
+from alle_dist.prepare import manifest as prep_manifest
+from alle_dist.referral import rule as referral
+from alle_dist.testing import unfamiliar
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alle_dist import catalog, ensemble, imagestats, modelio, ood, oodset, schema, storage  # noqa: E402
-from alle_dist.config import SegmentConfig  # noqa: E402
-from alle_dist.imageio import decode_rgb, encode_png  # noqa: E402
-from alle_dist.segment import preprocess as model_input  # noqa: E402
 
 
 def split_images(run_dir: str, split: str, limit: int | None, seed: int) -> tuple[list[bytes], np.ndarray, list[str]]:
-    table, source, classes = catalog.read_manifest(run_dir)
+    table, source, classes = prep_manifest.read_manifest(run_dir)
     rows = [r for r in table.to_pylist() if r["split"] == split and r["status"] == schema.OK]
     if limit and len(rows) > limit:
         rows = [rows[i] for i in sorted(np.random.default_rng(seed).permutation(len(rows))[:limit])]
@@ -41,7 +52,7 @@ def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None) -> tuple
     """The pipeline's inputs: (uint8 N x S x S x 3, mask fractions, image statistics); OpenCV frees the GIL."""
     def one(d: bytes):
         rgb = decode_rgb(d)
-        return (*model_input(rgb, size, seg), imagestats.features(rgb, seg))
+        return (*model_input(rgb, size, seg), field_stats.features(rgb, seg))
 
     with ThreadPoolExecutor() as ex:
         out = list(ex.map(one, data))
@@ -55,7 +66,7 @@ def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int)
 
     probs, scores, mf, img, ref, cache = {}, {}, None, None, None, {}
     for b in backbones:
-        mdir = ensemble.model_dir(run_dir, b)
+        mdir = ens_rule.model_dir(run_dir, b)
         pred, stats = Predictor(mdir, device), _ood_stats(mdir)
         cfg = pred.meta.get("config") or {}
         segmented = (cfg.get("train") or {}).get("segmented", True)
@@ -64,61 +75,61 @@ def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int)
         x, frac, feats = cache[key] if key in cache else cache.setdefault(key, preprocess(data, pred.image_size, seg))
         outs = [pred(x[i:i + batch]) for i in range(0, len(x), batch)]
         probs[b] = np.concatenate([o["probs"] for o in outs]).astype(np.float64)
-        scores[b] = ood.score(np.concatenate([o["features"] for o in outs]), stats).astype(np.float64)
+        scores[b] = feature_distance.score(np.concatenate([o["features"] for o in outs]), stats).astype(np.float64)
         mf = frac if mf is None else mf
-        if img is None and imagestats.has_stats(stats):
-            img = imagestats.score(feats, stats).astype(np.float64)
-            ref = imagestats.calibration(stats)
+        if img is None and field_stats.has_stats(stats):
+            img = field_stats.score(feats, stats).astype(np.float64)
+            ref = field_stats.calibration(stats)
     return {"probs": probs, "ood": scores, "mask_fraction": mf, "image_score": img,
             "image_reference": ref if img is not None else None}
 
 
-def decide(spec: ensemble.EnsembleSpec, s: dict) -> np.ndarray:
-    return ensemble.apply(spec, s["probs"], s["ood"], s["mask_fraction"], s["image_score"]).refer
+def decide(spec: ens_rule.EnsembleSpec, s: dict) -> np.ndarray:
+    return ens_rule.apply(spec, s["probs"], s["ood"], s["mask_fraction"], s["image_score"]).refer
 
 
 def _ood_stats(mdir: str) -> dict:
     """ood.safetensors, sha256-checked when meta.json records it."""
     try:
-        return modelio.load_ood(mdir)
-    except storage.StorageError:
-        uri = storage.join(mdir, modelio.OOD_FILE)
-        return {k: v.numpy() for k, v in modelio.load_tensors(uri, None).items()}
+        return model_files.load_ood(mdir)
+    except errors.StorageError:
+        uri = storage.join(mdir, model_files.OOD_FILE)
+        return {k: v.numpy() for k, v in model_files.load_tensors(uri, None).items()}
 
 
 def _one_sided(val: np.ndarray, target: float) -> float:
     return float(np.quantile(val, target, method="higher"))
 
 
-def methods(spec: ensemble.EnsembleSpec, val: dict, target: float, rule_signals=ensemble.DEFAULT_SIGNALS) -> dict:
+def methods(spec: ens_rule.EnsembleSpec, val: dict, target: float, rule_signals=referral.DEFAULT_SIGNALS) -> dict:
     """name → function(signals) -> refer (bool N), each fitted on validation signals at `target`."""
     bs, w, temps = spec.backbones, spec.weights, spec.temperatures
-    msp = lambda s, t: 1 - ensemble.combine([s["probs"][b] for b in bs], w, t).max(1)  # noqa: E731
-    dis = lambda s: ensemble.disagreement([ensemble.scale(s["probs"][b], T) for b, T in zip(bs, temps)])  # noqa: E731
+    msp = lambda s, t: 1 - ens_rule.combine([s["probs"][b] for b in bs], w, t).max(1)  # noqa: E731
+    dis = lambda s: referral.disagreement([ens_rule.scale(s["probs"][b], T) for b, T in zip(bs, temps)])  # noqa: E731
     thr_m = {b: _one_sided(val["ood"][b], target) for b in bs}
     t_msp, t_mspt, t_dis = _one_sided(msp(val, None), target), _one_sided(msp(val, temps), target), _one_sided(dis(val), target)
-    only_mask = ensemble.fit_referral({bs[0]: val["probs"][bs[0]]}, None, val["mask_fraction"], target,
+    only_mask = referral.fit_referral({bs[0]: val["probs"][bs[0]]}, None, val["mask_fraction"], target,
                                       signals=("mask_low", "mask_high"))
-    no_ref = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps)
-    low_conf = ensemble.apply(no_ref, val["probs"]).refer
-    scaled = {b: ensemble.scale(val["probs"][b], T) for b, T in zip(bs, temps)}
-    fit = lambda which, low=None: ensemble.fit_referral(  # noqa: E731
+    no_ref = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps)
+    low_conf = ens_rule.apply(no_ref, val["probs"]).refer
+    scaled = {b: ens_rule.scale(val["probs"][b], T) for b, T in zip(bs, temps)}
+    fit = lambda which, low=None: referral.fit_referral(  # noqa: E731
         scaled, val["ood"], val["mask_fraction"], target, already_referred=low, signals=which,
         image_score=val["image_score"], image_reference=val["image_reference"])
     combo = fit(rule_signals, low_conf)
-    combo_spec = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, combo)
-    combo_all = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(ensemble.SIGNALS, low_conf))
-    no_image = ensemble.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(("ood_score", "mask_low"), low_conf))
-    image_only = ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(("image_score",)))
+    combo_spec = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, combo)
+    combo_all = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(referral.SIGNALS, low_conf))
+    no_image = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(("ood_score", "mask_low"), low_conf))
+    image_only = ens_rule.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(("image_score",)))
     # The unfamiliar-image rule alone (γ = 0): what the rule adds beyond a confidence threshold.
-    unfam_spec = ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(rule_signals))
+    unfam_spec = ens_rule.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(rule_signals))
     out = {
         "msp": lambda s: msp(s, None) > t_msp,
         "msp_temperature": lambda s: msp(s, temps) > t_mspt,
         "disagreement": lambda s: dis(s) > t_dis,
         "mahalanobis": lambda s: _maha_union(s, bs, thr_m),
         "image_stats": lambda s: decide(image_only, s),
-        "mask_fraction": lambda s: ensemble.apply(ensemble.EnsembleSpec(bs, spec.classes, w, 0.0, temps, only_mask),
+        "mask_fraction": lambda s: ens_rule.apply(ens_rule.EnsembleSpec(bs, spec.classes, w, 0.0, temps, only_mask),
                                                   s["probs"], None, s["mask_fraction"]).refer,
         "unfamiliar_rule": lambda s: decide(unfam_spec, s),
         "combined_without_image": lambda s: decide(no_image, s),
@@ -147,11 +158,11 @@ def save_signals(path: str, sig: dict, val_y, test_y, kinds) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def load_or_default_spec(run_dir: str, backbones) -> ensemble.EnsembleSpec:
-    if storage.exists(ensemble.spec_uri(run_dir)):
-        return ensemble.load_spec(run_dir)
-    classes = ensemble.model_classes(run_dir, backbones[0])
-    return ensemble.EnsembleSpec(tuple(backbones), classes, (1 / len(backbones),) * len(backbones), 0.7)
+def load_or_default_spec(run_dir: str, backbones) -> ens_rule.EnsembleSpec:
+    if storage.exists(ens_rule.spec_uri(run_dir)):
+        return ens_rule.load_spec(run_dir)
+    classes = ens_probs.model_classes(run_dir, backbones[0])
+    return ens_rule.EnsembleSpec(tuple(backbones), classes, (1 / len(backbones),) * len(backbones), 0.7)
 
 
 def main(argv=None) -> int:
@@ -161,10 +172,10 @@ def main(argv=None) -> int:
     p.add_argument("--backbones", default=None, help="default: ensemble.json's, else densenet201,resnet50")
     p.add_argument("--limit", type=int, default=300, help="test images (each gives one OOD image per kind)")
     p.add_argument("--val-limit", type=int, default=None, help="validation images for fitting (default all)")
-    p.add_argument("--kinds", default=",".join(oodset.KINDS))
+    p.add_argument("--kinds", default=",".join(unfamiliar.KINDS))
     p.add_argument("--target-coverage", type=float, default=0.98)
-    p.add_argument("--signals", default=",".join(ensemble.DEFAULT_SIGNALS),
-                   help=f"signals of the 'combined' rule, from {','.join(ensemble.SIGNALS)}")
+    p.add_argument("--signals", default=",".join(referral.DEFAULT_SIGNALS),
+                   help=f"signals of the 'combined' rule, from {','.join(referral.SIGNALS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-ood", default=None, help="also write the OOD PNGs to this folder")
@@ -175,16 +186,16 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     spec0 = load_or_default_spec(a.run_dir, a.backbones.split(",") if a.backbones else ["densenet201", "resnet50"])
     bs = tuple(a.backbones.split(",")) if a.backbones else spec0.backbones
-    spec = spec0 if bs == spec0.backbones else ensemble.EnsembleSpec(bs, spec0.classes, (1 / len(bs),) * len(bs), spec0.gamma)
+    spec = spec0 if bs == spec0.backbones else ens_rule.EnsembleSpec(bs, spec0.classes, (1 / len(bs),) * len(bs), spec0.gamma)
     val_data, val_y, _ = split_images(a.run_dir, schema.VAL, a.val_limit, a.seed)
     test_data, test_y, _ = split_images(a.run_dir, schema.TEST, a.limit, a.seed)
     kinds = [k for k in a.kinds.split(",") if k]
     with ThreadPoolExecutor() as ex:
-        items = [x for part in ex.map(lambda k: oodset.build([decode_rgb(d) for d in test_data], a.seed, [k]), kinds)
+        items = [x for part in ex.map(lambda k: unfamiliar.build([decode_rgb(d) for d in test_data], a.seed, [k]), kinds)
                  for x in part]
         ood_data = list(ex.map(lambda it: encode_png(it[2]), items))
     if a.write_ood:
-        oodset.write(items, a.write_ood)
+        unfamiliar.write(items, a.write_ood)
     sig = {name: signals(a.run_dir, bs, d, a.device, a.batch_size)
            for name, d in (("val", val_data), ("test", test_data), ("ood", ood_data))}
     if a.save_signals:

@@ -20,11 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+from alle_dist.config import SegmentConfig
+from alle_dist.imaging import hsv
+from alle_dist.io import storage
+from alle_dist.io.images import decode_rgb
+from alle_dist.schema import IMAGE_SUFFIXES
+from alle_dist.segment import stage as seg_stage
+from alle_dist.testing import synthetic
 
-from alle_dist import segment, storage, synthetic  # noqa: E402
-from alle_dist.config import SegmentConfig  # noqa: E402
-from alle_dist.imageio import decode_rgb  # noqa: E402
-from alle_dist.schema import IMAGE_SUFFIXES  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "leukemia"
 
@@ -33,8 +36,8 @@ def decode_segment_batch(batch: dict, src: str, cfg: SegmentConfig, dst: str | N
     """What is timed, per batch of relative paths: read → decode → segment (→ write)."""
     cv2.setNumThreads(1)  # one core per task: the comparison is per core
     if dst:
-        return {"f": [segment.segment_file(src, dst, str(p), cfg)["mask_fraction"] or 0.0 for p in batch["path"]]}
-    fr = [segment.mask_fraction(segment.segment_image(decode_rgb(storage.read_bytes(storage.join(src, str(p)))), cfg)[1])
+        return {"f": [seg_stage.segment_file(src, dst, str(p), cfg)["mask_fraction"] or 0.0 for p in batch["path"]]}
+    fr = [hsv.mask_fraction(hsv.segment_image(decode_rgb(storage.read_bytes(storage.join(src, str(p)))), cfg)[1])
           for p in batch["path"]]
     return {"f": fr}
 

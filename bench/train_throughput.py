@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 import torch
+from alle_dist.models import registry
+from alle_dist.train.loop import train_step
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alle_dist import backbones  # noqa: E402
-from alle_dist.train import train_step  # noqa: E402
 
 
 def _images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,7 @@ def _model(opts, device):
 
     # Fixed input shapes: let cuDNN time its algorithms once (DenseNet's many conv shapes gain most).
     cudnn.benchmark = opts["cudnn_benchmark"]
-    model = backbones.create(opts["backbone"], 4, "none").to(device)
+    model = registry.create(opts["backbone"], 4, "none").to(device)
     if opts["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -47,7 +47,7 @@ def _model(opts, device):
 def timed_steps(model, batches, opts, device) -> float:
     """images/s over the batches after `warmup` steps; the same code in both loops."""
     size = opts["image_size"]
-    mean, std = (torch.tensor(v, device=device) for v in backbones.default_normalisation(opts["backbone"]))
+    mean, std = (torch.tensor(v, device=device) for v in registry.default_normalisation(opts["backbone"]))
     step = torch.compile(model) if opts["compile"] else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     amp, n, t0 = device.type == "cuda", 0, None

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from alle_dist import schema
+from alle_dist.io import storage
 
-from alle_dist import schema, storage
 
 CLASSES = ("Benign", "Early", "Pre", "Pro")
 BACKBONES = ("densenet201", "resnet50")
@@ -90,7 +91,7 @@ def corrections_case(tmp: Path):
       ../../evil.jpg  1: 0 (0.6), 1 → 1      fn_to_tp + fp_to_tn of densenet201, path traversal name
       Pre/t6.jpg      2: 2, 2 → refer        unfamiliar (ood_score 10 > 5): referred, not a correction
     Returns (run_dir, source_dir, paths)."""
-    from alle_dist import ensemble
+    from alle_dist.ensemble import rule as ensemble
     from PIL import Image
 
     run, src = tmp / "run", tmp / "a" / "b" / "src"

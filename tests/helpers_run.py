@@ -96,8 +96,11 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     fitted with ood.fit on random features and imagestats.fit on smear images, ensemble.json
     through ensemble.save_spec."""
     import torch
-    from alle_dist import backbones as bb
-    from alle_dist import ensemble, imagestats, modelio, ood
+    from alle_dist.models import registry as bb
+    from alle_dist.ensemble import rule as ensemble
+    from alle_dist.models import feature_distance as ood
+    from alle_dist.models import field_stats as imagestats
+    from alle_dist.models import files as modelio
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,1 @@
+"""Stage `classify`: bulk classification of image stores (`plan` → `pipeline` → the output `parts`)."""

@@ -1,0 +1,249 @@
+"""Stage `tune`: Ray Tune over the ensemble weights and γ on the validation probabilities, plus referral thresholds.
+
+Core (Ray-free): `fit_temperature`, `decision_metrics`, `objective_value`, `select_best`, `finish`.
+Ray shell: every candidate (the paper's grid and a random search) is a real Ray Tune trial over the
+cached validation arrays (`tune.with_parameters` puts them in the object store once). The test split
+is never read here. Writes RUN/ensemble.json and RUN/tune_config.yaml.
+
+Order: (1) a temperature per backbone (NLL on validation); (2) weights × γ by the objective, the γ
+rule alone counting against the coverage floor; (3) the unfamiliar-image thresholds, fitted so that
+the whole rule (γ + unfamiliar) still covers `referral_coverage` of the validation images.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import uuid
+
+import numpy as np
+
+from .. import config as config_mod
+from ..errors import UsageError
+from ..io import storage
+from ..referral import rule as referral_rule
+from ..rundir import RunDir
+from ..runtime import secrets_hidden_from_ray
+from . import probs as probs_mod
+from . import rule as ensemble
+from .rule import PAPER_GAMMAS, PAPER_WEIGHTS
+
+log = logging.getLogger("alle_dist.tune")
+
+OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray, bounds=(0.5, 10.0)) -> float:
+    """T minimising the NLL of softmax(log p / T) on labelled rows (1.0 if none).
+
+    The lower bound matters: on a validation split a model gets 100 % right (common here), the NLL
+    keeps falling as T → 0, and an unbounded fit would sharpen every output until γ refers nothing."""
+    from scipy.optimize import minimize_scalar
+
+    keep = y >= 0
+    if not keep.any():
+        return 1.0
+    p, yy = probs[keep], y[keep]
+
+    def nll(log_t: float) -> float:
+        q = ensemble.scale(p, float(np.exp(log_t)))
+        return float(-np.mean(np.log(np.clip(q[np.arange(len(yy)), yy], 1e-12, 1.0))))
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
+    return float(np.exp(res.x)) if nll(res.x) < nll(0.0) else 1.0
+
+
+def macro_f1(y: np.ndarray, label: np.ndarray, num_classes: int) -> float:
+    """sklearn's f1_score(average="macro", labels=range(C), zero_division=0), from counts: it runs in
+    every Tune trial, where importing sklearn would dominate the trial's cost."""
+    f1 = []
+    for c in range(num_classes):
+        tp = np.sum((label == c) & (y == c))
+        denom = np.sum(label == c) + np.sum(y == c)
+        f1.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1))
+
+
+def decision_metrics(y: np.ndarray, label: np.ndarray, refer: np.ndarray, num_classes: int) -> dict:
+    """Validation numbers of one ensemble setting; a referral counts as an error where it says so."""
+    accepted = ~refer
+    n_acc = int(accepted.sum())
+    return {
+        "n": int(len(y)),
+        "coverage": float(accepted.mean()) if len(y) else 0.0,
+        "accuracy_referral_as_error": float(np.mean(label == y)) if len(y) else 0.0,
+        "accuracy_on_accepted": float(np.mean(label[accepted] == y[accepted])) if n_acc else 0.0,
+        "macro_f1_referral_as_error": macro_f1(y, label, num_classes),
+    }
+
+
+def objective_value(metrics: dict, objective: str, min_coverage: float) -> tuple:
+    """Sort key, larger is better: feasible (coverage floor met) first, then objective, then coverage."""
+    return (metrics["coverage"] >= min_coverage, metrics[objective], metrics["coverage"])
+
+
+def select_best(trials: list[dict], objective: str, min_coverage: float) -> dict:
+    # Stable over the trial order: among exact ties the earlier (paper grid first) trial wins.
+    return max(trials, key=lambda t: objective_value(t["metrics"], objective, min_coverage))
+
+
+def evaluate_setting(weights, gamma, data: probs_mod.SplitProbs, temperatures, fixed_refer=None) -> dict:
+    """Validation metrics of one (weights, γ); `fixed_refer`: images a rule that does not depend on
+    them refers anyway (the image-statistics rule), so the coverage floor holds for the whole rule."""
+    spec = ensemble.EnsembleSpec(tuple(data.probs), data.classes, weights, gamma, temperatures)
+    d = ensemble.apply(spec, data.probs)
+    refer = d.refer if fixed_refer is None else d.refer | fixed_refer
+    return decision_metrics(data.y, np.where(refer, -1, d.label), refer, len(data.classes))
+
+
+def image_rule_refers(data: probs_mod.SplitProbs, cfg: config_mod.TuneConfig) -> np.ndarray | None:
+    """Which validation images the image-statistics rule refers (None when it is off or can't run)."""
+    if not (cfg.referral and "image_score" in cfg.referral_signals):
+        return None
+    rule = referral_rule.fit_image_rule(data.image_score, data.image_reference, cfg.image_quantile)
+    if not rule:
+        return None
+    return referral_rule.referral_flags(rule, data.probs, None, None, data.image_score)["odd_image"]
+
+
+def _trial(config: dict, data: probs_mod.SplitProbs, temperatures, fixed_refer=None) -> dict:
+    """One Ray Tune trial: weights either given (grid) or from raw uniform draws (search)."""
+    point = config["point"]
+    if "weights" in point:
+        w, gamma, source = np.asarray(point["weights"], np.float64), point["gamma"], "paper_grid"
+    else:
+        w = np.asarray([config[f"w{i}"] for i in range(len(data.probs))], np.float64) + 1e-9
+        w, gamma, source = w / w.sum(), config["gamma"], "random_search"
+    w = tuple(np.round(w, 6) / np.round(w, 6).sum())
+    return {**evaluate_setting(w, float(gamma), data, temperatures, fixed_refer),
+            "weights": list(w), "gamma": float(gamma), "source": source, "index": point["i"]}
+
+
+def search(data: probs_mod.SplitProbs, temperatures, cfg: config_mod.TuneConfig) -> list[dict]:
+    """Every trial's result: the paper's grid (two backbones) then `num_samples` random settings.
+
+    One Tuner run (its fixed cost is seconds): the grid points and `num_samples` "random" entries go
+    through one grid_search; BasicVariantGenerator draws fresh uniform weights and γ for each entry,
+    which only the random entries (no "weights") use.
+    """
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    grid = ([{"weights": list(w), "gamma": g} for w in PAPER_WEIGHTS for g in PAPER_GAMMAS]
+            if len(data.probs) == 2 else [])
+    points = [{"i": i, **g} for i, g in enumerate(grid + [{}] * cfg.num_samples)]
+    if not points:
+        raise config_mod.ConfigError(f"tune.num_samples=0 with {len(data.probs)} backbone(s): nothing to try "
+                                     "(the paper's grid needs two); set num_samples > 0")
+    space = {"point": tune.grid_search(points),
+             "gamma": tune.uniform(*cfg.gamma_range)}
+    space.update({f"w{i}": tune.uniform(0.0, 1.0) for i in range(len(data.probs))})
+    trainable = tune.with_resources(tune.with_parameters(_trial, data=data, temperatures=temperatures,
+                                                         fixed_refer=image_rule_refers(data, cfg)), {"cpu": 1})
+    tmp = tempfile.mkdtemp(prefix="alle-dist-tune-")
+    try:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=cfg.seed),
+                                        max_concurrent_trials=cfg.max_concurrent_trials),
+            run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0),
+        )
+        with secrets_hidden_from_ray():
+            results = tuner.fit()
+        errors = [r.error for r in results if r.error]
+        if errors:
+            raise RuntimeError(f"{len(errors)} tune trial(s) failed; first: {errors[0]}")
+        metrics = sorted((r.metrics for r in results), key=lambda m: m["index"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [_keep(m, m["source"]) for m in metrics]
+
+
+def _keep(result: dict, source: str) -> dict:
+    names = ("n", "coverage") + OBJECTIVES
+    return {"source": source, "weights": result["weights"], "gamma": result["gamma"],
+            "metrics": {k: result[k] for k in names}}
+
+
+def finish(data: probs_mod.SplitProbs, temperatures, best: dict, cfg: config_mod.TuneConfig):
+    """The chosen spec with referral thresholds, and its validation metrics under the whole rule."""
+    backbones = tuple(data.probs)
+    base = ensemble.EnsembleSpec(backbones, data.classes, best["weights"], best["gamma"], temperatures)
+    low_conf = ensemble.apply(base, data.probs).refer
+    scaled = {b: ensemble.scale(data.probs[b], t) for b, t in zip(backbones, base.temperatures)}
+    referral = referral_rule.fit_referral(scaled, data.ood, data.mask_fraction, cfg.referral_coverage,
+                                     already_referred=low_conf, signals=cfg.referral_signals,
+                                     image_score=data.image_score, image_reference=data.image_reference,
+                                     image_quantile=cfg.image_quantile) if cfg.referral else referral_rule.ReferralRule()
+    spec = ensemble.EnsembleSpec(backbones, data.classes, best["weights"], best["gamma"], temperatures, referral)
+    d = probs_mod.apply_split(spec, data)
+    return spec, decision_metrics(data.y, d.label, d.refer, len(data.classes))
+
+
+def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> probs_mod.SplitProbs:
+    """The cached validation outputs: the only split this stage reads."""
+    data = probs_mod.load_probs(run_dir, list(cfg.backbones), "val")
+    if (data.y < 0).any():
+        raise UsageError(f"{run_dir}: validation labels outside the classes {list(data.classes)}")
+    if not len(data.y):
+        raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
+    data.image_reference = probs_mod.image_reference(run_dir, cfg.backbones)
+    if cfg.referral and "image_score" in cfg.referral_signals and data.image_score is None:
+        log.warning("%s: the validation files carry no image_score (models trained before alle_dist had "
+                    "image statistics): unfamiliar images are referred by γ alone; retrain "
+                    "(`alle-dist train --retrain`) to enable the image-statistics rule", run_dir)
+    return data
+
+
+def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | None = None) -> dict:
+    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc."""
+    data = data if data is not None else load_validation(run_dir, cfg)
+    temps = tuple(fit_temperature(data.probs[b], data.y) if cfg.temperature_scaling else 1.0
+                  for b in cfg.backbones)
+    trials = search(data, temps, cfg)
+    best = select_best(trials, cfg.objective, cfg.min_coverage)
+    spec, metrics = finish(data, temps, best, cfg)
+    extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
+             "metrics": {"validation": metrics}, "trials": trials}
+    ensemble.save_spec(run_dir, spec, **extra)
+    log.info("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
+    return {**ensemble.spec_doc(ensemble.load_spec(run_dir)), **extra}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with models/<backbone>/")
+    p.add_argument("--backbones", default=None, help="comma-separated, in weight order (default densenet201,resnet50)")
+    p.add_argument("--objective", default=None, choices=OBJECTIVES)
+    p.add_argument("--min-coverage", type=float, default=None, help="validation coverage floor of the γ rule")
+    p.add_argument("--num-samples", type=int, default=None, help="random-search trials besides the paper's grid")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tune-training", action="store_true",
+                   help="instead: tune the training lr and batch size by running the train stage inside Tune "
+                        "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
+    p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
+    p.add_argument("--training-samples", type=int, default=None, help="--tune-training: number of training runs")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..runtime import init_ray
+
+    overrides = {"objective": args.objective, "min_coverage": args.min_coverage,
+                 "num_samples": args.num_samples, "seed": args.seed,
+                 "backbones": tuple(args.backbones.split(",")) if args.backbones else None}
+    overrides["training_samples"] = args.training_samples
+    job = config_mod.job_config(args.config, tune=overrides, train={"backbone": args.backbone})
+    if args.tune_training:
+        from ..train.hyperparams import tune_training
+
+        init_ray(args.num_cpus)
+        doc = tune_training(args.run_dir, job)
+        print(f"tune_training.json: best {doc['best']}")
+        return 0
+    data = load_validation(args.run_dir, job.tune)    # a wrong RUN fails here, before Ray starts
+    init_ray(args.num_cpus)
+    doc = run(args.run_dir, job.tune, data)
+    config_mod.save_resolved(RunDir(args.run_dir).config("tune"), job, run_dir=args.run_dir)
+    print(f"{RunDir.ENSEMBLE}: weights={doc['weights']} gamma={doc['gamma']:.3f} "
+          f"val={doc['metrics']['validation']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Stage `evaluate`: test-split metrics (`metrics`, pure), the report a haematologist reads (`report`)."""

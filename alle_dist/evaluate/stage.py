@@ -1,0 +1,61 @@
+"""Stage `evaluate`: the test split, every backbone, every baseline and the ensemble; metrics, plots, report.
+
+Reads RUN/models/*/test_probs.parquet (the only stage that touches the test split) and
+RUN/ensemble.json, and writes RUN/report/ (evaluate.report). Core: evaluate.metrics (Ray-free).
+Ray shell: the work is a few thousand rows of cached probabilities, so the stage runs on the driver;
+`main` still initialises Ray for a uniform `ray job submit` entry.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .. import config as config_mod
+from ..ensemble import probs as probs_mod
+from ..ensemble import rule as ensemble
+from ..rundir import RunDir
+from .metrics import ENSEMBLE, model_metrics, model_outputs, table3
+
+log = logging.getLogger("alle_dist.evaluate")
+
+
+def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
+    """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
+    from . import report
+
+    spec = ensemble.load_spec(run_dir)
+    data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
+    outputs = model_outputs(data, spec)
+    models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
+    for extra in sorted(set(RunDir(run_dir).trained_models()) - set(spec.backbones)):   # baselines: on their own rows
+        bd = probs_mod.load_probs(run_dir, [extra], "test")
+        models[extra] = model_metrics(model_outputs(bd, None)[extra], bd.y, bd.classes)
+    ens = models[ENSEMBLE]
+    doc = {"per_class": ens["per_class"], "overall": ens["overall"], "coverage": ens["coverage"],
+           "ece": ens["ece"], "n": ens["n"], "accuracy_on_accepted": ens["accuracy_on_accepted"],
+           "ensemble": {"backbones": list(spec.backbones), "weights": list(spec.weights), "gamma": spec.gamma,
+                        "temperatures": list(spec.temperatures)},
+           "table3": table3(data, spec), "models": models}
+    doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
+    report.write_report(run_dir, doc)
+    return doc
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
+    p.add_argument("--max-corrections-copied", type=int, default=None,
+                   help="copy at most this many correction images (the CSV lists all)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..runtime import init_ray
+
+    job = config_mod.job_config(args.config, evaluate={"max_corrections_copied": args.max_corrections_copied})
+    ensemble.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
+    init_ray(args.num_cpus)
+    doc = evaluate_run(args.run_dir, job.evaluate)
+    config_mod.save_resolved(RunDir(args.run_dir).config("evaluate"), job, run_dir=args.run_dir)
+    o = doc["overall"]
+    print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
+          f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")
+    return 0

@@ -1,0 +1,1 @@
+"""Pixels: the paper's HSV segmentation (`hsv`) and the one model input every stage builds (`model_input`)."""

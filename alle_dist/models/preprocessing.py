@@ -1,0 +1,51 @@
+"""What a model expects as input, recorded in its meta.json and read back: one owner for both.
+
+Training records it (`record`) when it writes a model; post-training export, bulk classification
+and the benchmarks read it (`read`) instead of re-deriving it from the training config.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..config import SegmentConfig
+
+KEY = "preprocessing"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    segment: SegmentConfig | None       # None: the model was trained on the unsegmented originals
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "image_size", int(self.image_size))
+
+
+def record(meta: dict, prep: Preprocessing) -> dict:
+    """meta with the preprocessing written in (image_size / mean / std also at the top level, where
+    the model loader reads them)."""
+    doc = {"image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std),
+           "segment": asdict(prep.segment) if prep.segment is not None else None}
+    return {**meta, KEY: doc, "image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std)}
+
+
+def read(meta: dict) -> Preprocessing:
+    """The model's preprocessing from its meta.json (models from before this key: from their config)."""
+    doc = meta.get(KEY)
+    if doc is None:
+        doc = _legacy(meta)
+    seg = doc.get("segment")
+    return Preprocessing(doc["image_size"], doc["mean"], doc["std"],
+                         SegmentConfig(**seg) if isinstance(seg, dict) else None)
+
+
+def _legacy(meta: dict) -> dict:
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    segmented = (cfg.get("train") or {}).get("segmented", True)
+    seg = cfg.get("segment") if isinstance(cfg.get("segment"), dict) else {}
+    return {"image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"],
+            "segment": seg if segmented else None}

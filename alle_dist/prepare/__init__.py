@@ -1,0 +1,1 @@
+"""Stage `prepare`: the catalogue (`catalog`), the leakage-free `split`, RUN/manifest.parquet (`manifest`)."""

@@ -1,0 +1,77 @@
+"""Stage `prepare`: catalogue the labelled images, hash and decode-check them, split without leakage.
+
+Core (Ray-free): prepare.catalog (listing, per-file check), prepare.split, prepare.manifest.
+Ray shell: `build_manifest` reads, hashes and decode-checks the files as Ray Data tasks.
+Writes `RUN/manifest.parquet` and `RUN/prepare_config.yaml`.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import pyarrow as pa
+
+from .. import schema
+from ..config import PrepareConfig
+from ..io import storage
+from ..rundir import RunDir
+from .catalog import check_batch, list_labelled
+from .manifest import manifest_table
+
+
+def build_manifest(src: str, seed: int, cfg: PrepareConfig,
+                   items: list[tuple[str, str]] | None = None) -> pa.Table:
+    """List src (unless `items` from list_labelled are given), read + hash + decode-check every
+    image as Ray Data tasks, and split. Needs Ray up."""
+    import ray
+
+    from ..runtime import cluster_cpus
+
+    items = items if items is not None else list_labelled(src)
+    n_tasks = cfg.hash_workers or cluster_cpus()
+    # A few blocks per task so a slow S3 object doesn't hold up the rest.
+    ds = ray.data.from_items([{"path": p, "label": c} for p, c in items],
+                             override_num_blocks=max(1, min(len(items), n_tasks * 4)))
+    out = ds.map_batches(check_batch, fn_kwargs={"source": src}, batch_size=64).take_all()
+    return manifest_table(out, src, seed, cfg)
+
+
+def summary(table: pa.Table) -> str:
+    """A per-class / per-split count table and the error count, for the terminal."""
+    rows = table.select(["label", "split", "status"]).to_pylist()
+    counts = Counter((r["label"], r["split"] or r["status"]) for r in rows)
+    classes = sorted({r["label"] for r in rows})
+    cols = [*schema.SPLITS, schema.ERROR]
+    lines = [f"{'class':<12}" + "".join(f"{c:>8}" for c in cols) + f"{'total':>8}"]
+    for cls in classes:
+        vals = [counts[(cls, c)] for c in cols]
+        lines.append(f"{cls or '(none)':<12}" + "".join(f"{v:>8}" for v in vals) + f"{sum(vals):>8}")
+    n_dup = len({g for g in table.column("dup_group").to_pylist() if g >= 0})
+    n_err = sum(v for (_, k), v in counts.items() if k == schema.ERROR)
+    lines.append(f"{len(rows)} files, {n_err} errors, {n_dup} duplicate groups")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of <class>/<image> files")
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory (local or s3://) to write the manifest into")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: prepare.seed, 0)")
+    p.add_argument("--hash-workers", type=int, default=None, help="Ray Data tasks for read + hash (default: cluster CPUs)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .. import config
+    from ..runtime import init_ray
+
+    cfg = config.job_config(args.config, prepare={"seed": args.seed, "hash_workers": args.hash_workers})
+    src = storage.absolute(args.data)   # the manifest records where the images are, for every later stage
+    items = list_labelled(src)  # before Ray starts: a bad source fails in a second
+    init_ray(args.num_cpus)
+    table = build_manifest(src, cfg.prepare.seed, cfg.prepare, items)
+    run = RunDir(args.run_dir)
+    storage.write_parquet(table, run.manifest)
+    config.save_resolved(run.config("prepare"), cfg, data=args.data, run_dir=args.run_dir)
+    print(summary(table))
+    print(f"manifest: {run.manifest}")
+    return 0
+

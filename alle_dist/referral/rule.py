@@ -1,0 +1,166 @@
+"""The unfamiliar-image rule: which referral signals fire, and their thresholds fitted on
+in-distribution images. Shared by tune (fitting), evaluate and classify (applying).
+
+Signals (config.REFERRAL_SIGNALS): a backbone's feature distance to the training data (reason
+`unfamiliar`), a segmentation mask fraction outside the range seen (`empty_field` when too little was
+kept, e.g. blank or red-cells-only fields; `odd_mask` when too much), the whole field's image
+statistics (focus, noise, stain colour, shape of the stained objects; models.field_stats) far from
+the training fields' (`odd_image`), or the networks disagreeing more than ever seen (`disagreement`).
+The confidence rule (γ, reason `low_confidence`) lives with the ensemble (ensemble.rule).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import REFERRAL_SIGNALS, TuneConfig
+from ..errors import ConfigError
+
+# Fixed order of reasons when several rules fire.
+REASONS = ("empty_field", "odd_mask", "odd_image", "unfamiliar", "disagreement", "low_confidence")
+SIGNALS = REFERRAL_SIGNALS
+DEFAULT_SIGNALS = TuneConfig.referral_signals
+
+
+@dataclass(frozen=True)
+class ReferralRule:
+    """Thresholds of the unfamiliar-image rule (None / {} = that signal is off) and how they were fitted.
+
+    Stored in ensemble.json under "referral" as a plain mapping (`to_dict` / `from_dict`)."""
+    ood_score: dict = field(default_factory=dict)   # backbone → feature-distance threshold
+    mask_low: float | None = None
+    mask_high: float | None = None
+    image_score: float | None = None
+    disagreement: float | None = None
+    fit: dict = field(default_factory=dict)         # method, signals, quantiles, coverage: provenance only
+
+    def to_dict(self) -> dict:
+        doc = {**self.fit, "ood_score": dict(self.ood_score)}
+        if self.mask_low is not None or self.mask_high is not None:
+            doc["mask_fraction"] = {"low": self.mask_low, "high": self.mask_high}
+        for k in ("image_score", "disagreement"):
+            if getattr(self, k) is not None:
+                doc[k] = getattr(self, k)
+        return doc if (self.fit or self.active) else {}
+
+    @classmethod
+    def from_dict(cls, doc: dict | None) -> "ReferralRule":
+        doc = dict(doc or {})
+        mf = doc.pop("mask_fraction", None) or {}
+        rule = {"ood_score": {b: t for b, t in (doc.pop("ood_score", None) or {}).items() if t is not None},
+                "mask_low": mf.get("low"), "mask_high": mf.get("high"),
+                "image_score": doc.pop("image_score", None), "disagreement": doc.pop("disagreement", None)}
+        return cls(**rule, fit=doc)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.ood_score) or any(v is not None for v in (self.mask_low, self.mask_high,
+                                                                   self.image_score, self.disagreement))
+
+
+def disagreement(probs: list[np.ndarray]) -> np.ndarray:
+    """Largest total-variation distance between any two backbones' distributions, per row (0..1)."""
+    n = len(probs[0])
+    out = np.zeros(n)
+    for i in range(len(probs)):
+        for j in range(i + 1, len(probs)):
+            out = np.maximum(out, 0.5 * np.abs(np.asarray(probs[i]) - np.asarray(probs[j])).sum(axis=1))
+    return out
+
+
+def referral_flags(rule: ReferralRule | dict, scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray],
+                   mask_fraction: np.ndarray | None, image_score: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Which unfamiliar-image rules fire per row: {reason: bool N}. Rules the rule leaves off don't fire."""
+    rule = rule if isinstance(rule, ReferralRule) else ReferralRule.from_dict(rule)
+    n = len(next(iter(scaled.values())))
+    flags = {r: np.zeros(n, bool) for r in REASONS[:-1]}
+    for b, thr in rule.ood_score.items():
+        if ood_scores is not None and ood_scores.get(b) is not None:
+            flags["unfamiliar"] |= ~(np.asarray(ood_scores[b], np.float64) <= thr)   # NaN (no score) = unfamiliar
+    if mask_fraction is not None:
+        m = np.asarray(mask_fraction, np.float64)
+        if rule.mask_low is not None:
+            flags["empty_field"] |= ~(m >= rule.mask_low)
+        if rule.mask_high is not None:
+            flags["odd_mask"] |= m > rule.mask_high
+    if rule.image_score is not None and image_score is not None:
+        flags["odd_image"] |= ~(np.asarray(image_score, np.float64) <= rule.image_score)   # NaN counts as odd
+    if rule.disagreement is not None and len(scaled) > 1:
+        flags["disagreement"] |= disagreement(list(scaled.values())) > rule.disagreement
+    return flags
+
+
+def fit_image_rule(image_score: np.ndarray | None, image_reference: np.ndarray | None = None,
+                   image_quantile: float = TuneConfig.image_quantile) -> dict:
+    """The image-statistics rule's entries of a referral dict ({} without finite scores): the threshold
+    at `image_quantile` of the validation scores pooled with the training fields' out-of-fold ones."""
+    if image_score is None or not np.all(np.isfinite(image_score)):
+        return {}
+    ref = np.asarray(image_score, np.float64)
+    if image_reference is not None:
+        ref = np.r_[ref, np.asarray(image_reference, np.float64)]
+    return {"image_score": float(np.quantile(ref, image_quantile, method="higher")),
+            "image_quantile": float(image_quantile), "image_reference_n": int(len(ref))}
+
+
+def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray] | None,
+                 mask_fraction: np.ndarray | None, target_coverage: float = 0.99,
+                 already_referred: np.ndarray | None = None, signals=DEFAULT_SIGNALS,
+                 image_score: np.ndarray | None = None, image_reference: np.ndarray | None = None,
+                 image_quantile: float = TuneConfig.image_quantile) -> ReferralRule:
+    """Thresholds of the unfamiliar-image rule from in-distribution (validation) images.
+
+    The image-statistics signal has a budget of its own: its threshold is the `image_quantile` of
+    the validation image scores pooled with `image_reference` (the training fields' out-of-fold
+    scores, imagestats.calibration), so a ~180-image validation split does not put it at whichever
+    field happens to be its most extreme. Every other signal gets its threshold at one common tail
+    quantile q of its validation values (equivalently: refer when the largest per-signal rank
+    exceeds q); q is the most aggressive value whose union rule, together with the image rule and
+    `already_referred` (e.g. the γ rule), still covers at least `target_coverage` of the images;
+    when even the most lenient rule (every threshold at the most extreme value seen) can't, that one
+    is returned.
+    """
+    unknown = set(signals) - set(SIGNALS)
+    if unknown:
+        raise ConfigError(f"referral signals {sorted(unknown)}: unknown; choose from {list(SIGNALS)}")
+    ood_scores = {b: s for b, s in (ood_scores or {}).items()
+                  if "ood_score" in signals and s is not None and np.all(np.isfinite(s))}
+    dis = disagreement(list(scaled.values())) if len(scaled) > 1 and "disagreement" in signals else None
+    mf = None if mask_fraction is None else np.asarray(mask_fraction, np.float64)
+    img = None if image_score is None or "image_score" not in signals else np.asarray(image_score, np.float64)
+    img = img if img is not None and np.all(np.isfinite(img)) else None
+    n = len(next(iter(scaled.values())))
+    image_rule = fit_image_rule(img, image_reference, image_quantile) if img is not None else {}
+    others = [s for s in signals if s != "image_score"]
+
+    def rule(q: float | None) -> dict:
+        r: dict = {"method": "quantile_union", "signals": list(signals), "quantile": q,
+                   "target_coverage": target_coverage, **image_rule,
+                   "ood_score": {b: float(np.quantile(s, q, method="higher")) for b, s in ood_scores.items()}}
+        if mf is not None and {"mask_low", "mask_high"} & set(signals):
+            r["mask_fraction"] = {
+                "low": float(np.quantile(mf, 1 - q, method="lower")) if "mask_low" in signals else None,
+                "high": float(np.quantile(mf, q, method="higher")) if "mask_high" in signals else None}
+        if dis is not None:
+            r["disagreement"] = float(np.quantile(dis, q, method="higher"))
+        return r
+
+    def coverage(r: dict) -> float:
+        refer = np.zeros(n, bool) if already_referred is None else np.asarray(already_referred, bool).copy()
+        for f in referral_flags(r, scaled, ood_scores, mf, img).values():
+            refer |= f
+        return 1.0 - refer.mean()
+
+    if not others:                    # the image rule alone: nothing to search
+        best = rule(None)
+    else:
+        lo, hi = float(target_coverage) / 2, 1.0      # coverage(q) grows with q; q = 1 keeps every image
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if coverage(rule(mid)) >= target_coverage else (mid, hi)
+        best = rule(hi)
+    best["val_coverage"] = float(coverage(best))
+    return ReferralRule.from_dict(best)
+
+

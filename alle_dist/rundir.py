@@ -1,0 +1,129 @@
+"""The run directory: the one place that knows its layout (local path or s3:// prefix).
+
+    RUN/manifest.parquet            prepare: the catalogue and the split
+    RUN/prepare_config.yaml
+    RUN/models/<backbone>/          train: one ModelDir per backbone (see ModelDir)
+    RUN/ensemble.json               tune: weights, γ, temperatures, referral rule
+    RUN/tune_config.yaml
+    RUN/tune_training.json          tune --tune-training: the best training setting
+    RUN/tune_training/trial-NNN/    one nested run directory per training trial
+    RUN/report/                     evaluate: metrics.json, report.html, plots, corrections/
+
+Stages ask a RunDir (or a ModelDir) for a URI; no other module spells one of these names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .io import storage
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """RUN/models/<backbone>/ (also the layout of a training checkpoint folder)."""
+    root: str
+
+    WEIGHTS = "model.safetensors"
+    META = "meta.json"
+    OOD = "ood.safetensors"              # referral statistics fitted on the train split
+    OPTIMIZER = "optimizer.safetensors"  # checkpoints only
+    OVERSAMPLING = "oversampling.json"
+    TRAIN_CONFIG = "train_config.yaml"
+    LAST = "last"                        # the latest epoch's model (the folder itself holds the best)
+    CHECKPOINTS = "checkpoints"
+
+    def file(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    @property
+    def weights(self) -> str:
+        return self.file(self.WEIGHTS)
+
+    @property
+    def meta(self) -> str:
+        return self.file(self.META)
+
+    @property
+    def ood(self) -> str:
+        return self.file(self.OOD)
+
+    def probs(self, split: str) -> str:
+        """{train,val,test}_probs.parquet: the best model's outputs on one un-augmented split."""
+        return self.file(f"{split}_probs.parquet")
+
+    @property
+    def last(self) -> "ModelDir":
+        return ModelDir(self.file(self.LAST))
+
+    @property
+    def checkpoints(self) -> str:
+        return self.file(self.CHECKPOINTS)
+
+    def checkpoint_run(self, run_name: str) -> str:
+        return storage.join(self.checkpoints, run_name)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """RUN: every artifact of one prepared run."""
+    root: str
+
+    MANIFEST = "manifest.parquet"
+    ENSEMBLE = "ensemble.json"
+    MODELS = "models"
+    REPORT = "report"
+    TUNE_TRAINING = "tune_training"
+    # Inside RUN/report/:
+    METRICS = "metrics.json"
+    REPORT_HTML = "report.html"
+    COMPARISON = "comparison.md"
+    CORRECTIONS = "corrections"
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", str(self.root))
+
+    def file(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    @property
+    def manifest(self) -> str:
+        return self.file(self.MANIFEST)
+
+    @property
+    def ensemble(self) -> str:
+        return self.file(self.ENSEMBLE)
+
+    def config(self, stage: str) -> str:
+        """The resolved config a stage saved beside its outputs (evaluate's lives in the report)."""
+        if stage == "evaluate":
+            return self.report_file("evaluate_config.yaml")
+        return self.file(f"{stage}_config.yaml")
+
+    @property
+    def models_root(self) -> str:
+        return self.file(self.MODELS)
+
+    def model(self, backbone: str) -> ModelDir:
+        return ModelDir(storage.join(self.models_root, backbone))
+
+    def trained_models(self) -> list[str]:
+        """Backbones under RUN/models that have a test_probs.parquet (every finished one)."""
+        if not storage.exists(self.models_root):
+            return []
+        done = "/" + ModelDir(".").probs("test").rsplit("/", 1)[-1]
+        return sorted({rel.split("/")[0] for rel, _ in storage.list_files(self.models_root)
+                       if rel.endswith(done) and rel.count("/") == 1})
+
+    @property
+    def report(self) -> str:
+        return self.file(self.REPORT)
+
+    def report_file(self, *parts: str) -> str:
+        return storage.join(self.report, *parts)
+
+    @property
+    def tune_training(self) -> str:
+        return self.file(f"{self.TUNE_TRAINING}.json")
+
+    def tune_trial(self, i: int) -> "RunDir":
+        return RunDir(storage.join(self.root, self.TUNE_TRAINING, f"trial-{i:03d}"))

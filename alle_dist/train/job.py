@@ -1,0 +1,245 @@
+"""Stage `train`: Ray Train DDP fine-tuning of one backbone (or several), checkpoints that resume.
+
+Core (Ray-free): `split_rows`, `run_name`, `loop_config`. Ray shell: `train_backbone` drives one
+backbone: manifest → oversample (train split, train.balance) → segment + augment (train.augment) →
+TorchTrainer running train.loop.train_loop (one worker per GPU; gloo CPU workers without GPUs) →
+best / last model → the best model's outputs on every split and the referral statistics
+(train.posttrain). Writes RUN/models/<backbone>/ (rundir.ModelDir).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from .. import schema
+from ..errors import ConfigError
+from ..io import storage
+from ..models import files as model_files
+from ..models import preprocessing, registry
+from ..rundir import ModelDir, RunDir
+from .loop import LoopConfig, TestHooks, train_loop
+
+log = logging.getLogger("alle_dist.train")
+
+# Test hook: a worker raises once at the start of this epoch, to exercise FailureConfig restarts.
+# Read by the driver, passed in the loop config.
+FAIL_ENV = "ALLE_DIST_FAIL_AT_EPOCH"
+# Test hook: seconds each worker pauses after reporting an epoch, so a test can kill the job at a
+# known point (after epoch 1's checkpoint is committed, before epoch 2's).
+PAUSE_ENV = "ALLE_DIST_PAUSE_AFTER_EPOCH_S"
+
+
+# ---------------------------------------------------------------- core (Ray-free)
+
+def run_name(run_dir: str, backbone: str) -> str:
+    """Stable Ray Train run name: the same RUN + backbone resumes the same run."""
+    key = run_dir.rstrip("/") if storage.is_s3(run_dir) else os.path.abspath(run_dir)
+    return f"train-{backbone}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def split_rows(table: pa.Table, split: str, limit: int | None, seed: int) -> pa.Table:
+    """The ok rows of one split, in path order; a seeded random subset of `limit` rows if given."""
+    mask = [s == split and st == schema.OK for s, st in
+            zip(table.column("split").to_pylist(), table.column("status").to_pylist())]
+    rows = table.filter(pa.array(mask)).sort_by("path")
+    if limit is not None and rows.num_rows > limit:
+        pick = np.sort(np.random.default_rng(seed).permutation(rows.num_rows)[:limit])
+        rows = rows.take(pa.array(pick))
+    return rows
+
+
+def shuffled(rows: pa.Table, seed: int) -> pa.Table:
+    """Oversampled rows come grouped by class: spread them so every shard and batch mixes classes."""
+    return rows.take(pa.array(np.random.default_rng(seed).permutation(rows.num_rows)))
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import timm
+    import torch
+
+    from .. import __version__
+
+    return {"alle_dist": __version__, "ray": ray.__version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+# ---------------------------------------------------------------- driver (Ray shell)
+
+def is_finished(out: ModelDir) -> bool:
+    """Every output of a completed backbone is there (test_probs.parquet is written last)."""
+    return all(storage.exists(u) for u in (out.meta, out.ood, out.probs(schema.VAL), out.probs(schema.TEST)))
+
+
+def scaling_config(cfg):
+    """One worker per GPU by default; without GPUs, 2 gloo CPU workers (fewer on a tiny cluster)."""
+    from ray.train import ScalingConfig
+
+    from ..runtime import cluster_cpus, cluster_gpus
+
+    gpus, cpus = cluster_gpus(), cluster_cpus()
+    gpw = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    if gpw > gpus:
+        raise ConfigError(f"train.gpus_per_worker={gpw}: the cluster has {gpus} GPU(s); use --gpus-per-worker 0")
+    workers = cfg.workers if cfg.workers is not None else (int(gpus // gpw) if gpw else max(1, min(2, cpus - 1)))
+    # Every worker holds 1 CPU; Ray Data's read / segment / augment tasks need at least one more.
+    if workers * gpw > gpus or workers >= cpus:
+        raise ConfigError(f"train.workers={workers}: the cluster has {cpus} CPU(s) and {gpus} GPU(s); each "
+                          f"worker takes 1 CPU (+{gpw} GPU) and Ray Data needs a CPU: use fewer --workers")
+    res = {"CPU": 1, "GPU": gpw} if gpw else {"CPU": 1}
+    return ScalingConfig(num_workers=workers, use_gpu=gpw > 0, resources_per_worker=res)
+
+
+def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
+    """Meta of the run's latest checkpoint, sha256-checked, before any worker starts (None: fresh run).
+
+    A damaged checkpoint stops here with ModelIntegrityError instead of burning every worker restart.
+    """
+    from ray.train import Result
+
+    fs, path = storage.resolve(out.checkpoints)
+    if not storage.exists(storage.join(out.checkpoint_run(name), "checkpoint_manager_snapshot.json")):
+        return None
+    result = Result.from_path(f"{path}/{name}", storage_filesystem=fs)
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as d:
+        return model_files.read_checkpoint(d)[2]
+
+
+def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str) -> LoopConfig:
+    """The worker's typed config: the recipe from jcfg.train, the preprocessing recorded in the meta."""
+    cfg = jcfg.train
+    size = cfg.image_size or registry.default_image_size(backbone)
+    mean, std = registry.default_normalisation(backbone)
+    prep = preprocessing.Preprocessing(size, mean, std, jcfg.segment if cfg.segmented else None)
+    meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": cfg.pretrained,
+                                 "run_dir": run.root, "run_name": name,
+                                 "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}, prep)
+    return LoopConfig(backbone=backbone, classes=tuple(classes), image_size=size, mean=tuple(mean), std=tuple(std),
+                      pretrained=cfg.pretrained, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(run.model(backbone), name))
+
+
+def _test_hooks(out: ModelDir, name: str) -> TestHooks:
+    """Fault injection from the environment (the resume tests set it for the driver)."""
+    fail_at = os.environ.get(FAIL_ENV)
+    marker = storage.join(out.checkpoint_run(name), f"injected_failure_{fail_at}")
+    return TestHooks(fail_at_epoch=int(fail_at) if fail_at else None, fail_marker=marker,
+                     pause_s=float(os.environ.get(PAUSE_ENV, 0)))
+
+
+def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict):
+    """Run (or resume) the TorchTrainer of one backbone; returns the Ray Train Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    out, name = run.model(backbone), run_name(run.root, backbone)
+    previous = latest_checkpoint_meta(out, name)
+    if previous:
+        log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
+    fs, path = storage.resolve(out.checkpoints)
+    run_config = RunConfig(
+        name=name, storage_path=path, storage_filesystem=fs,
+        failure_config=FailureConfig(max_failures=jcfg.train.max_failures),
+        # Keep the best (lowest validation loss) and, always, the latest checkpoint.
+        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
+                                           checkpoint_score_order="min"))
+    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name),
+                           scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
+    return trainer.fit()
+
+
+def publish(result, out: ModelDir) -> dict:
+    """Best checkpoint → out/, latest → out/last/ (same bytes, sha256 checked); returns out's meta."""
+    best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
+    with result.checkpoint.as_directory() as d:
+        last = model_files.copy_model(d, out.last.root, optimizer=None)
+    with best.as_directory() as d:
+        best_epoch = model_files.read_meta(d)["epochs"][-1]["epoch"]
+        return model_files.copy_model(d, out.root, optimizer=None, epochs=last["epochs"], resumed_at=last["resumed_at"],
+                                  best_epoch=best_epoch, last_epoch=last["epochs"][-1]["epoch"])
+
+
+def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
+    """Train (or resume, or skip when finished) `jcfg.train.backbone`; returns its final meta."""
+    from .. import config
+    from ..prepare.manifest import read_manifest
+    from . import augment, balance
+    from .posttrain import export_splits
+
+    cfg, backbone, run = jcfg.train, jcfg.train.backbone, RunDir(run_dir)
+    out = run.model(backbone)
+    if retrain and storage.exists(out.root):
+        storage.delete(out.root)
+    elif is_finished(out):
+        log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
+        return model_files.read_meta(out.root)
+    table, source, classes = read_manifest(run)
+    splits = {s: split_rows(table, s, cfg.limit, cfg.seed) for s in schema.SPLITS}
+    balanced, record = balance.oversample(splits[schema.TRAIN], cfg.seed)
+    storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
+    config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), jcfg, run_dir=run.root, backbone=backbone)
+    seg = jcfg.segment if cfg.segmented else None
+    size = cfg.image_size or registry.default_image_size(backbone)
+    cols = ["image", "label"]
+    datasets = {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
+        "train": augment.image_dataset(shuffled(balanced, cfg.seed), source, classes, image_size=size, seg=seg,
+                                       aug=jcfg.augment, seed=None).select_columns(cols),
+        "val": augment.image_dataset(splits[schema.VAL], source, classes, image_size=size, seg=seg,
+                                     aug=None).select_columns(cols),
+    }
+    t0 = time.perf_counter()
+    result = fit(run, jcfg, backbone, classes, datasets)
+    publish(result, out)
+    meta = export_splits(out, splits, source, classes)
+    log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
+    return meta
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="prepared run directory (local or s3://)")
+    p.add_argument("--backbone", default=None, help=f"{', '.join(registry.ALL)}, 'all', or any timm model name")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per worker (default 32)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's (224; AlexNet 227)")
+    p.add_argument("--workers", type=int, default=None, help="Train workers (default: one per GPU, else 2 CPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--pretrained", default=None, help=registry.PRETRAINED_HELP)
+    p.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint")
+    p.add_argument("--segmented", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on HSV-segmented images (default) or on the originals")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on GPU")
+    p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
+
+
+def main(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .. import config
+    from ..runtime import init_ray
+
+    keys = ("backbone", "epochs", "batch_size", "lr", "image_size", "workers", "gpus_per_worker", "pretrained",
+            "limit", "seed", "max_failures", "segmented", "compile")
+    jcfg = config.job_config(args.config, train={k: getattr(args, k) for k in keys})
+    names = registry.expand(jcfg.train.backbone)
+    for name in names:  # before any Ray start-up: a missing weights file fails in seconds
+        registry.check_pretrained(name, jcfg.train.pretrained)
+    init_ray(args.num_cpus)
+    for name in names:
+        one = dataclasses.replace(jcfg, train=dataclasses.replace(jcfg.train, backbone=name))
+        meta = train_backbone(args.run_dir, one, retrain=args.retrain)
+        best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
+        print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
+              f"val_loss {best['val_loss']:.4f} → {RunDir(args.run_dir).model(name).root}")
+    return 0
