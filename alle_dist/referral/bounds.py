@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 
 def _check_level(name: str, value: float) -> float:
@@ -69,15 +69,22 @@ def conformal_rank(n: int, alpha: float, delta: float) -> int | None:
     alpha, delta = _check_level("alpha", alpha), _check_level("delta", delta)
     if n < 1:
         return None
-    ks = np.arange(1, n + 1)
-    # P(new score > k-th smallest > ... ) exceeds α exactly when F(X_(k)) < 1-α; F(X_(k)) ~ Beta(k, n+1-k).
-    ok = np.flatnonzero(stats.beta.cdf(1 - alpha, ks, n + 1 - ks) <= delta)
-    return int(ks[ok[0]]) if len(ok) else None
+    # A new score exceeds the k-th smallest X_(k) with probability 1 - F(X_(k)), and F(X_(k)) ~ Beta(k, n+1-k).
+    def violation(k: int) -> float:
+        return float(special.betainc(k, n + 1 - k, 1 - alpha))
+
+    if violation(n) > delta:
+        return None
+    lo, hi = 0, n                     # violation falls with k: violation(lo) > δ ≥ violation(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if violation(mid) <= delta else (mid, hi)
+    return hi
 
 
 def _alpha_at_rank(k: int, n: int, delta: float) -> float:
     """The smallest α' guaranteed at δ by the k-th smallest of n scores."""
-    return float(1 - stats.beta.ppf(delta, k, n + 1 - k))
+    return float(1 - special.betaincinv(k, n + 1 - k, delta))
 
 
 def conformal_threshold(cal_scores, alpha: float, delta: float) -> dict:
@@ -112,7 +119,7 @@ def conformal_threshold(cal_scores, alpha: float, delta: float) -> dict:
     t = float(ordered[k - 1])
     return {**out, "feasible": True, "reason": None, "k": k, "threshold": t,
             "alpha_bound": _alpha_at_rank(k, n, delta),
-            "delta_achieved": float(stats.beta.cdf(1 - alpha, k, n + 1 - k)),
+            "delta_achieved": float(special.betainc(k, n + 1 - k, 1 - alpha)),
             "calibration_referral_rate": float(np.mean(~(s <= t)))}
 
 
@@ -128,8 +135,8 @@ def binomial_upper(k, n, delta: float):
         raise ValueError("k and n must be integer counts (events, trials)")
     if np.any(n_arr < 1) or np.any(k_arr < 0) or np.any(k_arr > n_arr):
         raise ValueError("need 0 ≤ k ≤ n and n ≥ 1 (k events among n trials)")
-    with np.errstate(invalid="ignore"):
-        ub = np.where(k_arr >= n_arr, 1.0, stats.beta.ppf(1 - delta, k_arr + 1, np.maximum(n_arr - k_arr, 1)))
+    # The Beta(k+1, n-k) quantile; scipy.special rather than stats.beta: same function, ~50× less overhead.
+    ub = np.where(k_arr >= n_arr, 1.0, special.betaincinv(k_arr + 1, np.maximum(n_arr - k_arr, 1), 1 - delta))
     return float(ub) if ub.ndim == 0 else ub
 
 
