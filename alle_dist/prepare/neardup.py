@@ -19,12 +19,12 @@ from scipy.sparse.csgraph import connected_components
 
 # Chosen on the shared images (docs/near-duplicates.md): re-captures of one field are at 0-4,
 # different fields at 11 and above; 6 leaves a margin on both sides.
-NEAR_RADIUS = 6
+NEAR_RADIUS = 10
 
 HASH_BITS = 64
 _SIGN = 1 << 63
-# Candidate pairs checked at a time: bounds memory at ~100 MB.
-_CHUNK = 1 << 22
+# Candidate pairs checked at a time: ~70 B each in flight, so ~70 MB whatever the input.
+_CHUNK = 1 << 20
 
 
 def dct_hash(rgb: np.ndarray) -> int:
@@ -78,7 +78,8 @@ def _flip_masks(width: int, q: int) -> list[int]:
     return [sum(1 << b for b in bits) for k in range(1, q + 1) for bits in combinations(range(width), k)]
 
 
-def _expand(items: np.ndarray, lo: np.ndarray, hi: np.ndarray, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _expand(items: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, cols) item pairs: each items[k] with order[lo[k]:hi[k]], in chunks of ~_CHUNK pairs."""
     counts = np.maximum(hi - lo, 0)
     ends = np.cumsum(counts)
@@ -148,6 +149,9 @@ def near_groups(hashes: list[int | None], radius: int) -> list[int]:
     if not 0 <= radius < HASH_BITS:
         raise ValueError(f"radius {radius}: choose 0..{HASH_BITS - 1} (default {NEAR_RADIUS})")
     known = np.array([i for i, h in enumerate(hashes) if h is not None], np.int64)
+    bad = next((hashes[i] for i in known.tolist() if not 0 <= hashes[i] < 1 << HASH_BITS), None)
+    if bad is not None:
+        raise ValueError(f"hash {bad} is outside [0, 2**64); convert signed int64 values with from_int64 first")
     h = np.array([hashes[i] for i in known.tolist()], np.uint64)
     edges = known[_near_pairs(h, radius)] if len(h) else np.empty((0, 2), np.int64)
     return _components(len(hashes), edges)
