@@ -5,7 +5,7 @@
 Reads DATA/MANIFEST.csv (path, label, md5), hashes every image with neardup.dct_hash and prints:
 the bottom tail of the pairwise Hamming distances, split by whether each pair is the same field
 (phase-correlation peak of the grey images >= --same-peak; different fields peak below ~0.15;
-measured for every pair of distinct files within --scan bits: ~10 s at 16, ~40 s at 20);
+measured for every pair of distinct files within --scan bits: ~15 s at 16, ~4 min at 20);
 per radius the same-field / different-field pairs it joins and the groups it forms; exact (md5)
 duplicate groups; and how many groups straddle train/val/test under today's split (exact groups
 only, catalog.assign_splits with seed 0, 0.35, 0.10) and after neardup.combine_groups (must be 0).
