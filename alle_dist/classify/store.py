@@ -34,10 +34,15 @@ guarantee needs put-if-absent: delta-rs 1.x writes the log file with a condition
 (`If-None-Match: *`, object_store's `conditional_put=etag`, which S3 has supported since
 Aug 2024) and dropped the DynamoDB locking provider (AWS_S3_LOCKING_PROVIDER; delta-rs issue
 #4464, discussion #4482). We set `conditional_put=etag` explicitly, so a change of library
-default can't silently turn it off, and never set AWS_S3_ALLOW_UNSAFE_RENAME (last writer wins:
-commits lost, delta-rs issue #2287). moto 5.2.5 honours If-None-Match (412 PreconditionFailed),
-and tests/integration/classify/test_store.py shows that a commit file written by someone else
-between deltalake's check and its PUT survives (our commit moves to the next version).
+default can't silently turn it off, and pin AWS_S3_ALLOW_UNSAFE_RENAME=false against the
+environment (last writer wins: commits lost, delta-rs issue #2287). Measured with deltalake 1.6.6
+against moto 5.2.5 over HTTP: the log file is written by one PUT with If-None-Match, moto answers
+a taken version with 412 PreconditionFailed, and deltalake then re-reads the log, checks for
+conflicts and commits the next version; tests/integration/classify/test_store.py has a commit
+file written by someone else between deltalake's check and its PUT survive. With conditional put
+disabled deltalake 1.6 refuses to commit at all ("PutMode::Create when conditional put is
+disabled not yet implemented"): there is no unsafe S3 path left. An S3-compatible store that
+ignores If-None-Match would still be unsafe (object_store can't tell).
 
 Credentials: the storage options hold only the endpoint, the region and the two flags above;
 deltalake reads keys from the standard AWS environment / chain itself. Run records and commit
@@ -112,6 +117,7 @@ class ResultStore:
         self.options = storage_options(self.uri)
         self.max_attempts = max_attempts
         self.model_sha256: str | None = None
+        self.conflicts = 0               # commits refused for a concurrent writer's, then redone
         self._table = None
 
     # ------------------------------------------------------------ before any work
@@ -258,6 +264,7 @@ class ResultStore:
                 self._table.update_incremental()
                 return self._merge(batch, props)
             except CommitFailedError:
+                self.conflicts += 1
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
             except OSError as exc:   # disk full, network after the client's retries: nothing committed
                 raise StorageError(f"{self.uri}: commit failed ({storage.first_line(exc)}); nothing of this "
