@@ -33,6 +33,7 @@ from alle_dist import schema, storage
 from alle_dist.storage import StorageError
 
 CHUNK_ROWS = 100_000
+BATCH_ROWS = 10_000
 S3_WORKERS = 16
 # Key of Listing.skipped for a directory symlink not followed because its folder was already listed.
 LINK_SEEN = "folder links to a folder already listed"
@@ -97,20 +98,29 @@ def uri_to_path(uri: str) -> str:
 # ---- chunks -------------------------------------------------------------------------------------
 
 def _chunked(rows: Iterable[tuple], chunk_rows: int) -> Iterator[pa.Table]:
+    """Tables of ≤ chunk_rows rows. Rows turn into Arrow batches every BATCH_ROWS rows, because a
+    Python tuple with its strings costs ~5x its Arrow form: at most BATCH_ROWS rows live as objects."""
+    step = min(chunk_rows, BATCH_ROWS)
     buf: list[tuple] = []
+    batches: list[pa.RecordBatch] = []
     for row in rows:
         buf.append(row)
-        if len(buf) >= chunk_rows:
-            yield _table(buf)
+        if len(buf) == step:
+            batches.append(_batch(buf))
             buf = []
+            if len(batches) * step >= chunk_rows:
+                yield pa.Table.from_batches(batches, schema=INPUT_SCHEMA)
+                batches = []
     if buf:
-        yield _table(buf)
+        batches.append(_batch(buf))
+    if batches:
+        yield pa.Table.from_batches(batches, schema=INPUT_SCHEMA)
 
 
-def _table(rows: list[tuple]) -> pa.Table:
+def _batch(rows: list[tuple]) -> pa.RecordBatch:
     cols = zip(*rows)
-    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, INPUT_SCHEMA)],
-                                schema=INPUT_SCHEMA)
+    return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, INPUT_SCHEMA)],
+                                      schema=INPUT_SCHEMA)
 
 
 def _ok(uri: str, size: int, mtime_ns: int | None = None, etag: str | None = None) -> tuple:
@@ -170,6 +180,7 @@ def _walk_local(root: str, suffixes, skipped: Counter) -> Iterator[tuple]:
         except OSError as exc:   # the folder's files are unknown: one row says so
             yield _error(path_to_uri(folder), f"folder can't be listed ({exc.strerror})")
             continue
+        base = path_to_uri(folder).rstrip("/") + "/"   # quoted once per folder, not per file
         with entries:
             for entry in entries:
                 if entry.name.startswith("."):
@@ -182,7 +193,7 @@ def _walk_local(root: str, suffixes, skipped: Counter) -> Iterator[tuple]:
                         seen.add(key)
                         stack.append(entry.path)
                 elif entry.name.lower().endswith(suffixes):
-                    yield _file_row(entry)
+                    yield _file_row(entry, base)
                 else:
                     skipped[_ext(entry.name)] += 1
 
@@ -198,8 +209,8 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def _file_row(entry: os.DirEntry) -> tuple:
-    uri = path_to_uri(entry.path)
+def _file_row(entry: os.DirEntry, base: str) -> tuple:
+    uri = base + quote(os.fsencode(entry.name), safe="")
     try:
         entry.path.encode("utf-8")
     except UnicodeEncodeError:
@@ -401,7 +412,9 @@ def _parquet_batches(fs, inner: str, cols, chunk_rows: int, names_only: bool = F
     data = ds.dataset(inner, filesystem=fs, format="parquet")
     if names_only:
         return data.schema.names
-    return data.to_batches(columns=list(cols.values()), batch_size=chunk_rows)
+    # The scanner's default read-ahead (16 batches) would hold ~16 chunks in memory at once.
+    return data.to_batches(columns=list(cols.values()), batch_size=chunk_rows, batch_readahead=1,
+                           fragment_readahead=1)
 
 
 def _csv_batches(fs, inner: str, cols, chunk_rows: int, names_only: bool = False):
