@@ -119,15 +119,19 @@ def test_a_file_that_cannot_be_opened_is_an_error_row():
     root = Path(tempfile.mkdtemp(prefix="alle-listing-"))   # not under root's private tmp: nobody must enter
     try:
         root.chmod(0o755)
-        locked, fine = _tree(root, ["locked.jpg", "fine.jpg"])
+        locked, fine, _ = _tree(root, ["locked.jpg", "fine.jpg", "shut/inside.jpg"])
         for p in (locked, fine):
             p.chmod(0o644)
         locked.chmod(0o000)
+        (root / "shut").chmod(0o000)
         rows = _by_uri(_list_unprivileged(str(root)))
-        assert rows[path_to_uri(str(fine))]["status"] == "ok"
+        assert len(rows) == 3 and rows[path_to_uri(str(fine))]["status"] == "ok"
         bad = rows[path_to_uri(str(locked))]
-        assert bad["status"] == "error" and "Permission denied" in bad["error"]
+        assert bad["status"] == "error" and "can't be opened (Permission denied)" in bad["error"]
+        shut = rows[path_to_uri(str(root / "shut"))]   # its files are unknown: one row says so
+        assert shut["status"] == "error" and "folder can't be listed (Permission denied)" in shut["error"]
     finally:
+        (root / "shut").chmod(0o755)
         shutil.rmtree(root)
 
 
@@ -230,7 +234,7 @@ def test_an_input_list_with_a_relative_path_or_unknown_scheme_fails_in_one_line(
 
 def test_an_input_list_without_usable_columns_fails_before_reading(tmp_path):
     path = _write(pa.table({"path": ["/x.jpg"], "bucket": ["b"]}), tmp_path / "in.parquet")
-    with pytest.raises(StorageError, match="needs a `uri` column, or `bucket` and `key`.*found: path, bucket"):
+    with pytest.raises(StorageError, match="needs a `uri` column, or `bucket` and `key`.*found: path"):
         read_input_list(path)
     with pytest.raises(StorageError, match="must be a .parquet or .csv"):
         read_input_list(str(tmp_path / "in.json"))
