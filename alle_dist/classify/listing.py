@@ -1,0 +1,475 @@
+"""The inputs of a bulk classification, listed at archive scale: a local folder, an S3 prefix, or an
+input list (Parquet/CSV of URIs, e.g. from an S3 Inventory export), as a stream of pyarrow Tables
+(INPUT_SCHEMA, at most `chunk_rows` rows each) so driver memory stays bounded at 10 million inputs.
+
+Each input is keyed by its absolute URI: `file:///abs/path` (percent-encoded, see path_to_uri) or
+`s3://bucket/key`. An input that exists but can't be classified (a dangling symlink, a FIFO, a file
+that can't be opened, a name that isn't UTF-8) is an error row, never a crash or a silent loss.
+
+Local folders — what is listed:
+- hidden names (a dot-name file or folder anywhere under the root) are left out, uncounted;
+- names without an image suffix are left out and counted by extension in `Listing.skipped`;
+- a folder is entered once: a directory symlink whose target was already entered, or is the root
+  or one of its ancestors (`ln -s .. loop`), is not followed (counted as LINK_SEEN). Any other
+  directory symlink is followed, also one pointing outside the root: linking image folders into
+  one input folder is a common way to assemble a job. A file symlink is an input under its own name.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import stat
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
+from urllib.parse import quote, unquote_to_bytes, urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alle_dist import schema, storage
+from alle_dist.storage import StorageError
+
+CHUNK_ROWS = 100_000
+BATCH_ROWS = 10_000
+S3_WORKERS = 16
+# Key of Listing.skipped for a directory symlink not followed because its folder was already listed.
+LINK_SEEN = "folder links to a folder already listed"
+NO_EXT = "(no extension)"
+
+INPUT_SCHEMA = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),     # file:///abs/path or s3://bucket/key
+    pa.field("size", pa.int64()),                     # bytes; null when unknown or for error rows
+    pa.field("mtime_ns", pa.int64()),                 # local files: st_mtime_ns
+    pa.field("etag", pa.string()),                    # S3 objects: ETag without quotes
+    pa.field("status", pa.string(), nullable=False),  # ok / error
+    pa.field("error", pa.string()),                   # reason, for error rows
+])
+
+
+class Listing:
+    """The inputs, produced lazily: iterate for pyarrow Tables of INPUT_SCHEMA (each ≤ chunk_rows
+    rows; iterating again lists again). `skipped` counts the names left out by suffix, by lower-case
+    extension (and LINK_SEEN); it is complete once iteration ends."""
+
+    def __init__(self, source: str, chunks: Callable[[Counter], Iterator[pa.Table]]):
+        self.source = source
+        self.skipped: Counter = Counter()
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        self.skipped.clear()
+        return self._chunks(self.skipped)
+
+    def skipped_summary(self) -> str:
+        """'12 .webp, 3 .txt' (most frequent first); '' when nothing was skipped."""
+        ranked = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{n} {ext}" for ext, n in ranked)
+
+
+def list_inputs(src: str, *, suffixes: tuple[str, ...] = schema.IMAGE_SUFFIXES,
+                chunk_rows: int = CHUNK_ROWS, workers: int = S3_WORKERS) -> Listing:
+    """Every input under a local folder or an s3:// prefix. Checks the root now (StorageError, one
+    line); lists when iterated. `workers`: concurrent S3 list requests."""
+    if storage.is_s3(src):
+        client = _s3_client(workers)
+        bucket, prefix = _check_s3_root(client, src)
+        return Listing(src, lambda skipped: _chunked(
+            _walk_s3(client, bucket, prefix, suffixes, skipped, workers), chunk_rows))
+    root = _check_local_root(src)
+    return Listing(src, lambda skipped: _chunked(_walk_local(root, suffixes, skipped), chunk_rows))
+
+
+def path_to_uri(path: str) -> str:
+    """`file://` URI of a local path: absolute, its raw bytes percent-encoded (so any name, even one
+    that is not UTF-8, gives a valid UTF-8 URI that uri_to_path turns back into the same path)."""
+    return "file://" + quote(os.fsencode(os.path.abspath(path)), safe="/")
+
+
+def uri_to_path(uri: str) -> str:
+    """The local path of a `file://` URI (the inverse of path_to_uri)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise StorageError(f"{uri}: not a local file:/// URI")
+    return os.fsdecode(unquote_to_bytes(parts.path))
+
+
+# ---- chunks -------------------------------------------------------------------------------------
+
+def _chunked(rows: Iterable[tuple], chunk_rows: int) -> Iterator[pa.Table]:
+    """Tables of ≤ chunk_rows rows. Rows turn into Arrow batches every BATCH_ROWS rows, because a
+    Python tuple with its strings costs ~5x its Arrow form: at most BATCH_ROWS rows live as objects."""
+    step = min(chunk_rows, BATCH_ROWS)
+    buf: list[tuple] = []
+    batches: list[pa.RecordBatch] = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) == step:
+            batches.append(_batch(buf))
+            buf = []
+            if len(batches) * step >= chunk_rows:
+                yield pa.Table.from_batches(batches, schema=INPUT_SCHEMA)
+                batches = []
+    if buf:
+        batches.append(_batch(buf))
+    if batches:
+        yield pa.Table.from_batches(batches, schema=INPUT_SCHEMA)
+
+
+def _batch(rows: list[tuple]) -> pa.RecordBatch:
+    cols = zip(*rows)
+    return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, INPUT_SCHEMA)],
+                                      schema=INPUT_SCHEMA)
+
+
+def _ok(uri: str, size: int, mtime_ns: int | None = None, etag: str | None = None) -> tuple:
+    return (uri, size, mtime_ns, etag, schema.OK, None)
+
+
+def _error(uri: str, reason: str) -> tuple:
+    return (uri, None, None, None, schema.ERROR, reason)
+
+
+def _ext(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower() or NO_EXT
+    # A non-UTF-8 name's extension must still print in the CLI's warning.
+    return ext.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# ---- local folders ------------------------------------------------------------------------------
+
+def _check_local_root(src: str) -> str:
+    path = uri_to_path(src) if src.startswith("file://") else os.path.abspath(os.path.expanduser(src))
+    if os.path.isfile(path):
+        raise StorageError(f"{src}: is a file, not a folder; pass the folder that holds the images "
+                           "(or an s3:// prefix, or --input-list FILE for a list of files)")
+    if not os.path.isdir(path):
+        raise StorageError(f"{src}: no such folder; check the path")
+    try:
+        os.scandir(path).close()
+    except OSError as exc:
+        raise StorageError(f"{src}: can't be listed ({exc.strerror}); check its permissions") from None
+    return path
+
+
+def _dir_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _ancestor_ids(root: str) -> set[tuple[int, int]]:
+    """The root and every folder above it: a link to any of them would list the root again."""
+    ids, path = set(), os.path.realpath(root)
+    while True:
+        ids.add(_dir_id(path))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return ids
+        path = parent
+
+
+def _walk_local(root: str, suffixes, skipped: Counter) -> Iterator[tuple]:
+    """Rows of every entry under root, depth first with an explicit stack (no recursion limit)."""
+    seen = _ancestor_ids(root)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError as exc:   # the folder's files are unknown: one row says so
+            yield _error(path_to_uri(folder), f"folder can't be listed ({exc.strerror})")
+            continue
+        base = path_to_uri(folder).rstrip("/") + "/"   # quoted once per folder, not per file
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if _is_dir(entry):
+                    key = _dir_id(entry.path)
+                    if key in seen:
+                        skipped[LINK_SEEN] += 1
+                    else:
+                        seen.add(key)
+                        stack.append(entry.path)
+                elif entry.name.lower().endswith(suffixes):
+                    yield _file_row(entry, base)
+                else:
+                    skipped[_ext(entry.name)] += 1
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()   # follows symlinks; False for a dangling one
+    except OSError:
+        return False            # e.g. a symlink loop: _file_row reports it
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _file_row(entry: os.DirEntry, base: str) -> tuple:
+    uri = base + quote(os.fsencode(entry.name), safe="")
+    try:
+        entry.path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _error(uri, "file name is not valid UTF-8; rename it (e.g. with convmv)")
+    try:
+        st = entry.stat()   # follows symlinks
+    except FileNotFoundError:
+        return _error(uri, "dangling symlink: its target does not exist")
+    except OSError as exc:
+        return _error(uri, f"can't be inspected ({exc.strerror})")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        return _error(uri, f"{kind}, not an image file")
+    # Permission bits don't say whether this process can read it (root, ACLs, FUSE): open it.
+    try:
+        os.close(os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as exc:
+        return _error(uri, f"can't be opened ({exc.strerror}); check its permissions")
+    return _ok(uri, st.st_size, st.st_mtime_ns)
+
+
+# ---- S3 -----------------------------------------------------------------------------------------
+
+def _s3_client(workers: int):
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        storage._check_reachable(endpoint)   # seconds, not minutes of retries, on a dead endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = Config(max_pool_connections=max(workers, 10), retries={"max_attempts": 10, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
+
+
+def _split_s3(src: str) -> tuple[str, str]:
+    bucket, _, key = src[len("s3://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"{src}: no bucket name; write s3://bucket/prefix")
+    return bucket, key.strip("/")
+
+
+def _s3_fail(src: str, exc: Exception) -> StorageError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    if code == "NoSuchBucket":
+        return StorageError(f"{src}: no such bucket; check the bucket name and AWS_ENDPOINT_URL")
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return StorageError(f"{src}: access denied ({code}); check the AWS credentials and the "
+                            "bucket policy")
+    return StorageError(f"{src}: can't be listed ({storage.first_line(exc)}); check the bucket, "
+                        "the network and the AWS credentials")
+
+
+def _check_s3_root(client, src: str) -> tuple[str, str]:
+    """(bucket, prefix ending in '/' or ''), after one request shows there is something to list."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _split_s3(src)
+    prefix = key + "/" if key else ""
+    try:
+        if client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0):
+            return bucket, prefix
+        is_object = bool(key) and _exists(client, bucket, key)
+    except (BotoCoreError, ClientError) as exc:
+        raise _s3_fail(src, exc) from None
+    if is_object:
+        raise StorageError(f"{src}: is an object, not a prefix; pass the prefix that holds the images "
+                           "(or --input-list FILE for a list of objects)")
+    raise StorageError(f"{src}: no objects under this prefix; check the prefix (and AWS_ENDPOINT_URL)")
+
+
+def _exists(client, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def _walk_s3(client, bucket: str, root: str, suffixes, skipped: Counter, workers: int) -> Iterator[tuple]:
+    """Rows of every key under root. Each "folder" (common prefix) is listed by its own task in a
+    thread pool, so listing runs `workers` requests at a time on a tree of folders. The tasks talk
+    to this generator through one bounded queue (memory stays bounded when the consumer is slow)
+    and only this generator submits tasks and counts them (no shared bookkeeping)."""
+    msgs: queue.Queue = queue.Queue(maxsize=4 * workers)
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="alle-s3-list")
+    pending = 1
+    pool.submit(_list_level, client, bucket, root, msgs, stop)
+    try:
+        while pending:
+            kind, payload = msgs.get()
+            if kind == "error":
+                raise _s3_fail(f"s3://{bucket}/{root}", payload)
+            if kind == "done":
+                pending -= 1
+            elif kind == "prefixes":
+                for prefix in payload:
+                    if not prefix.rstrip("/").rpartition("/")[2].startswith("."):   # hidden folder
+                        pending += 1
+                        pool.submit(_list_level, client, bucket, prefix, msgs, stop)
+            else:
+                yield from _s3_rows(bucket, payload, suffixes, skipped)
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _s3_rows(bucket: str, objects: list[tuple], suffixes, skipped: Counter) -> Iterator[tuple]:
+    for key, size, etag in objects:
+        name = key.rpartition("/")[2]
+        if not name or name.startswith("."):   # a "folder" marker object, a hidden file
+            continue
+        if name.lower().endswith(suffixes):
+            yield _ok(f"s3://{bucket}/{key}", size, etag=etag.strip('"') if etag else None)
+        else:
+            skipped[_ext(name)] += 1
+
+
+def _list_level(client, bucket: str, prefix: str, msgs: queue.Queue, stop: threading.Event) -> None:
+    """One folder's keys (page by page) and sub-folders, then "done"; or "error"."""
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        for page in pages:
+            if stop.is_set():
+                return
+            subs = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+            if subs:
+                _put(msgs, stop, ("prefixes", subs))
+            objs = [(o["Key"], o["Size"], o.get("ETag")) for o in page.get("Contents", ())]
+            if objs:
+                _put(msgs, stop, ("objects", objs))
+        _put(msgs, stop, ("done", None))
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it as one line
+        _put(msgs, stop, ("error", exc))
+
+
+def _put(msgs: queue.Queue, stop: threading.Event, item) -> None:
+    # A consumer that stopped early (error, closed generator) must not leave tasks blocked forever.
+    while not stop.is_set():
+        try:
+            msgs.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+# ---- input lists --------------------------------------------------------------------------------
+
+def read_input_list(path: str, *, suffixes: tuple[str, ...] = schema.IMAGE_SUFFIXES,
+                    chunk_rows: int = CHUNK_ROWS) -> Listing:
+    """The inputs named by a Parquet (.parquet/.pq) or CSV (.csv/.csv.gz, with a header) file, read
+    in batches without listing any store: a `uri` column (s3://…, file:///… or an absolute path), or
+    `bucket` + `key` columns (an S3 Inventory export; keys taken literally), optionally `size` and
+    `etag`/`e_tag`; names case-insensitive. The suffix filter applies; hidden names are kept (the
+    list is explicit). Checks the file's columns now; a bad row raises StorageError when read."""
+    fs, inner = storage.resolve(path)
+    name = inner.lower()
+    if name.endswith((".parquet", ".pq")):
+        batches = _parquet_batches
+    elif name.endswith((".csv", ".csv.gz")):
+        batches = _csv_batches
+    else:
+        raise StorageError(f"{path}: an input list must be a .parquet or .csv file")
+    try:
+        cols = _columns(path, batches(fs, inner, None, chunk_rows, names_only=True))
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"{path}: can't be read as an input list ({storage.first_line(exc)})") from None
+
+    def chunks(skipped: Counter) -> Iterator[pa.Table]:
+        row0 = 0
+        for batch in batches(fs, inner, cols, chunk_rows):
+            for start in range(0, batch.num_rows, chunk_rows):   # CSV blocks may exceed chunk_rows
+                part = batch.slice(start, chunk_rows)
+                yield _list_table(path, part, cols, suffixes, skipped, row0)
+                row0 += part.num_rows
+    return Listing(path, chunks)
+
+
+def _columns(path: str, names: list[str]) -> dict[str, str]:
+    """{role: the file's column name} for the roles uri / bucket / key / size / etag."""
+    lower = {n.lower(): n for n in names}
+    cols = {role: lower[n] for role, n in (("uri", "uri"), ("bucket", "bucket"), ("key", "key"),
+                                          ("size", "size"), ("etag", "etag"), ("etag", "e_tag"))
+            if n in lower}
+    if "uri" not in cols and not ("bucket" in cols and "key" in cols):
+        raise StorageError(f"{path}: an input list needs a `uri` column, or `bucket` and `key` "
+                           f"columns (found: {', '.join(names) or 'none'})")
+    return cols
+
+
+def _parquet_batches(fs, inner: str, cols, chunk_rows: int, names_only: bool = False):
+    import pyarrow.dataset as ds
+
+    data = ds.dataset(inner, filesystem=fs, format="parquet")
+    if names_only:
+        return data.schema.names
+    # The scanner's defaults (read-ahead of 16 batches, pre-buffered row groups, threads) hold far
+    # more than one chunk: with them peak RSS grew ~40 MB per million URIs, without ~4.
+    return data.to_batches(columns=list(cols.values()), batch_size=chunk_rows, batch_readahead=1,
+                           fragment_readahead=1, use_threads=False,
+                           fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
+
+
+def _csv_batches(fs, inner: str, cols, chunk_rows: int, names_only: bool = False):
+    import pyarrow.csv as pcsv
+
+    stream = fs.open_input_stream(inner, compression="detect")
+    if names_only:
+        with stream:
+            return pcsv.open_csv(stream).schema.names
+    # Keys and URIs stay strings (a key "0123" is not a number); size is an integer.
+    types = {c: (pa.int64() if role == "size" else pa.string()) for role, c in cols.items()}
+    convert = pcsv.ConvertOptions(include_columns=list(cols.values()), column_types=types)
+    return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=8 << 20), convert_options=convert)
+
+
+def _list_table(src: str, batch: pa.RecordBatch, cols: dict, suffixes, skipped: Counter,
+                row0: int) -> pa.Table:
+    if "uri" in cols:
+        uris = _checked_uris(src, batch.column(cols["uri"]).cast(pa.string()), row0)
+    else:
+        bucket, key = (batch.column(cols[r]).cast(pa.string()) for r in ("bucket", "key"))
+        uris = pc.binary_join_element_wise("s3:/", bucket, key, "/")   # s3:/ + / + bucket + / + key
+        _raise_on_null(src, uris, row0, "an empty bucket or key")
+    lower = pc.utf8_lower(uris)
+    keep = functools.reduce(pc.or_, [pc.ends_with(lower, s) for s in suffixes])
+    for uri in uris.filter(pc.invert(keep)).to_pylist():
+        skipped[_ext(uri.rpartition("/")[2])] += 1
+    n = int(pc.sum(keep).as_py() or 0)
+    size = (batch.column(cols["size"]).cast(pa.int64()).filter(keep) if "size" in cols
+            else pa.nulls(n, pa.int64()))
+    etag = (pc.replace_substring(batch.column(cols["etag"]).cast(pa.string()).filter(keep), '"', "")
+            if "etag" in cols else pa.nulls(n, pa.string()))
+    return pa.Table.from_arrays([uris.filter(keep), size, pa.nulls(n, pa.int64()), etag,
+                                 pa.array([schema.OK] * n, pa.string()), pa.nulls(n, pa.string())],
+                                schema=INPUT_SCHEMA)
+
+
+def _raise_on_null(src: str, uris: pa.Array, row0: int, what: str) -> None:
+    if uris.null_count:
+        row = row0 + pc.index(pc.is_null(uris), True).as_py() + 1
+        raise StorageError(f"{src}: row {row} has {what}; every row must name one input")
+
+
+def _checked_uris(src: str, uris: pa.Array, row0: int) -> pa.Array:
+    """s3:// and file:/// URIs as given; absolute paths made file:// URIs; anything else an error."""
+    _raise_on_null(src, uris, row0, "an empty uri")
+    is_path = pc.starts_with(uris, "/")
+    good = pc.or_(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "file:///")), is_path)
+    if not pc.all(good).as_py():
+        i = pc.index(good, False).as_py()
+        raise StorageError(f"{src}: row {row0 + i + 1}: {uris[i].as_py()!r} is a relative path or has an "
+                           "unknown scheme; use s3://bucket/key, file:///abs/path or an absolute path")
+    if pc.any(is_path).as_py():   # the rare case, so per-row Python is fine here
+        uris = pa.array([path_to_uri(u) if u.startswith("/") else u for u in uris.to_pylist()], pa.string())
+    return uris
