@@ -38,6 +38,7 @@ REASONS = {
     "disagreement": "disagreement: the networks disagreed more than on any validation image",
 }
 METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1")
+_LABELS = {"f1": "F1"}
 _CSS = """
 body{font:16px/1.45 system-ui,sans-serif;color:#1d2329;max-width:1300px;margin:0 auto;padding:0 24px 48px}
 h1{font-size:1.7em;margin:.6em 0 .2em}h2{margin-top:2em;border-bottom:2px solid #d5dde5;padding-bottom:.2em}
@@ -49,10 +50,10 @@ nav ol{columns:3;margin:.4em 0}dl.details{display:grid;grid-template-columns:max
 dl.details dt{font-weight:600}dl.details dd{margin:0}code{font-size:.92em}
 .plots{display:grid;grid-template-columns:1fr 1fr;gap:18px}.plots figure{margin:0}.plots figure.wide{grid-column:1/-1}
 .plots img{width:100%;height:auto;border:1px solid #e3e7eb}figcaption{font-weight:600;margin-bottom:4px}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(390px,1fr));gap:14px}
 .item{margin:0;border:1px solid #cfd6dd;border-radius:6px;padding:8px;background:#fafbfc}
-.pics{display:flex;gap:6px;flex-wrap:wrap}.pics div{text-align:center;font-size:.8em;color:#555}
-.pics img{display:block;width:128px;height:128px;object-fit:contain;image-rendering:auto}
+.pics{display:flex;gap:4px}.pics div{width:120px;text-align:center;font-size:.78em;color:#555;overflow-wrap:anywhere}
+.pics img{display:block;width:120px;height:120px;object-fit:contain}
 .item .path{font-family:monospace;font-size:.85em;word-break:break-all;margin:6px 0 2px}
 .item table{font-size:.9em;margin:2px 0}.right{color:#17692f}.wrong{color:#b3261e;font-weight:600}
 """
@@ -74,6 +75,14 @@ def num(v, digits: int = 4) -> str:
 def keyed(names, values, digits: int = 2) -> str:
     """'densenet201 0.70, resnet50 0.30': values keyed by backbone."""
     return ", ".join(f"{n} {num(float(v), digits)}" for n, v in zip(names, values))
+
+
+def _heads() -> list[str]:
+    return [_LABELS.get(k, k) for k in METRICS]
+
+
+def _n_images(k: int) -> str:
+    return f"{k} image" if k == 1 else f"{k} images"
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -179,7 +188,7 @@ def _models(doc: dict) -> str:
     rows = [[n, role(n), m["n"], num(m["coverage"]), *(num(m["overall"][k]) for k in METRICS),
              num(_macro_auc(m)), f"{num(m['ece_before_temperature'])} → {num(m['ece'])}"]
             for n, m in doc["models"].items()]
-    head = ["model", "role", "images", "labelled", *METRICS, "macro AUC", "ECE before → after T"]
+    head = ["model", "role", "images", "labelled", *_heads(), "macro AUC", "ECE before → after T"]
     return ("<p>Single networks always give a label; only the ensemble refers. Precision, sensitivity, "
             "specificity and F1 are averages over the classes, one class against the rest.</p>"
             + _table(head, rows, numeric=set(range(2, 11))))
@@ -187,7 +196,7 @@ def _models(doc: dict) -> str:
 
 def _per_class(doc: dict) -> str:
     rows = [[c, v.get("support", "–"), *(num(v[k]) for k in METRICS)] for c, v in doc["per_class"].items()]
-    return _table(["class", "images", *METRICS], rows, numeric=set(range(1, 7)))
+    return _table(["class", "images", *_heads()], rows, numeric=set(range(1, 7)))
 
 
 def _weights(doc: dict) -> str:
@@ -201,7 +210,7 @@ def _weights(doc: dict) -> str:
         return "<p>Not computed: the paper's weight grid needs exactly two ensemble members.</p>"
     return ("<p>The paper's weight sets × γ on the test images (the choice itself was made on the validation "
             "images; the chosen one is in bold when it is on this grid).</p>"
-            + _table(["weights", "γ", "labelled", *METRICS], rows, numeric=set(range(1, 8)), chosen=chosen))
+            + _table(["weights", "γ", "labelled", *_heads()], rows, numeric=set(range(1, 8)), chosen=chosen))
 
 
 def _referrals(doc: dict) -> str:
@@ -246,11 +255,13 @@ def _corrections_intro(doc: dict) -> str:
     per_b = {b: sum(v.values()) for b, v in (fixed.get("by_backbone_class") or {}).items()}
     rows = [[b, per_b.get(b, 0), sum((broken.get("by_backbone_class") or {}).get(b, {}).values())]
             for b in doc["ensemble"]["backbones"]]
-    return (f"<p>{fixed.get('images', 0)} images were labelled wrong by at least one network and right by the "
+    k = fixed.get("images", 0)
+    return (f"<p>{_n_images(k)} {'was' if k == 1 else 'were'} labelled wrong by at least one network and right by the "
             "ensemble. Each is counted once (the paper counts it twice: a false negative of its true class "
             f"turned true positive, and a false positive of the wrong class turned true negative). "
-            f"{broken.get('images', 0)} images went the other way: a network was right, the ensemble wrong. "
-            f"{c.get('referred_but_a_backbone_was_right', 0)} referrals were of images a network had right.</p>"
+            f"{_n_images(broken.get('images', 0))} went the other way: a network was right, the ensemble wrong. "
+            "Among the referred images, a network's own label was right "
+            f"{c.get('referred_but_a_backbone_was_right', 0)} times (each network counted separately).</p>"
             + _table(["network", "it was wrong, the ensemble right", "it was right, the ensemble wrong"],
                      rows, numeric={1, 2}))
 
@@ -287,7 +298,7 @@ def _item(it: dict) -> str:
 def _gallery(items: list[dict], total: int, intro: str = "") -> str:
     if not items:
         return intro + "<p>None.</p>"
-    shown = f"<p>Showing {len(items)} of {total} images." if total > len(items) else f"<p>{len(items)} images."
+    shown = f"<p>Showing {len(items)} of {_n_images(total)}." if total > len(items) else f"<p>{_n_images(len(items))}."
     shown += (" Next to each image, where each network looked for its answer (Grad-CAM: red = most "
               "influential)." if any(it.get("cams") for it in items) else "") + "</p>"
     return intro + shown + f'<div class="gallery">{"".join(_item(it) for it in items)}</div>'

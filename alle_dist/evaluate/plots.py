@@ -54,7 +54,7 @@ def plot_roc(name: str, m: dict) -> bytes:
 
 def plot_coverage_risk(models: dict) -> bytes:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     for name, m in models.items():
         cr = m["coverage_risk"]
         ax.plot(cr["coverage"], cr["risk"], label=f"{name} (AURC {cr['aurc']:.4f})")
@@ -88,6 +88,7 @@ def plot_reliability(models: dict) -> bytes:
         top.set_title(f"Reliability {when} temperature scaling")
         top.legend(fontsize=9, loc="upper left")
         bottom.set_yscale("log")
+        bottom.set_ylim(bottom=0.5)              # a bin of one image still shows a bar
         bottom.set_xlabel("confidence (top probability)")
     axes[0, 0].set_ylabel("accuracy in the bin")
     axes[1, 0].set_ylabel("images per bin")
