@@ -68,6 +68,8 @@ def plot_reliability(models: dict) -> bytes:
     """Accuracy against confidence per bin, before and after temperature scaling; under each panel
     the number of images per bin (log scale), so a point resting on three images reads as such."""
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter
+
     fig, axes = plt.subplots(2, 2, figsize=(12, 6.8), sharex=True, sharey="row",
                              gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08})
     names = list(models)
@@ -87,8 +89,10 @@ def plot_reliability(models: dict) -> bytes:
         top.plot([0, 1], [0, 1], "k:", lw=0.8)
         top.set_title(f"Reliability {when} temperature scaling")
         top.legend(fontsize=9, loc="upper left")
+        top_count = max(max(models[n]["reliability"][when]["count"]) for n in names)
         bottom.set_yscale("log")
-        bottom.set_ylim(bottom=0.5)              # a bin of one image still shows a bar
+        bottom.set_ylim(0.5, 2.5 * max(top_count, 1))   # from 0.5: a bin of one image still shows a bar
+        bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         bottom.set_xlabel("confidence (top probability)")
     axes[0, 0].set_ylabel("accuracy in the bin")
     axes[1, 0].set_ylabel("images per bin")
