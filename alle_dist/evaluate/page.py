@@ -90,9 +90,8 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return w, h
 
 
-def _img(data: bytes, alt: str, cls: str = "") -> str:
-    src = "data:image/png;base64," + base64.b64encode(data).decode()
-    return f'<img{f" class={cls!r}" if cls else ""} alt="{_e(alt)}" src="{src}">'
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
 def _table(headers, rows, numeric=(), chosen=None) -> str:
@@ -278,7 +277,9 @@ def _totals(doc: dict) -> dict[str, int]:
 
 def _item(it: dict) -> str:
     pics = [f"<div>{_img(it['thumb'], 'image ' + it['path'])}image</div>"]
-    pics += [f"<div>{_img(png, f'Grad-CAM {name} of ' + it['path'])}Grad-CAM {_e(name)}</div>"
+    flat = set(it.get("flat_cams") or ())     # an all-zero map: no region raised that class's score
+    pics += [f"<div>{_img(png, f'Grad-CAM {name} of ' + it['path'])}Grad-CAM {_e(name)}"
+             f"{' (flat: no region stood out)' if name in flat else ''}</div>"
              for name, png in (it.get("cams") or {}).items()]
     mark = lambda lab: "right" if lab == it["true"] else "wrong"  # noqa: E731
     rows = [f"<tr><th>true class</th><td>{_e(it['true'])}</td></tr>"]
@@ -374,7 +375,8 @@ def gallery_item(image: np.ndarray, path: str, true_label: str, members: dict[st
         overlays = {name: thumbnail_png(overlay(small, cam), size) for name, cam in cams.items()}
     return {"thumb": thumbnail_png(small, size), "path": str(path), "true": str(true_label),
             "members": [(n, str(lab), float(c)) for n, (lab, c) in members.items()],
-            "ensemble": (str(ensemble[0]), float(ensemble[1])), "reason": reason, "cams": overlays}
+            "ensemble": (str(ensemble[0]), float(ensemble[1])), "reason": reason, "cams": overlays,
+            "flat_cams": [n for n, cam in (cams or {}).items() if float(np.max(cam)) <= 0.0]}
 
 
 def gallery_items(indices, images, paths, y, classes, member_probs: dict[str, np.ndarray],

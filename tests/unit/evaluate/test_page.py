@@ -49,6 +49,8 @@ def _galleries(data, out, cams: bool = False):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (len(data.y), 40, 40, 3), dtype=np.uint8)
     maps = {b: rng.random((len(data.y), 8, 8)).astype(np.float32) for b in H.BACKBONES} if cams else None
+    if maps:
+        maps["resnet50"][:] = 0.0                            # Grad-CAM's all-zero map: said so in the caption
     return {k: page.gallery_items(idx, images[idx], data.paths, data.y, data.classes,
                                   {b: out[b].probs for b in H.BACKBONES}, ens.probs, ens.reason,
                                   {b: m[idx] for b, m in maps.items()} if maps else None) for k, idx in sel.items()}
@@ -101,6 +103,8 @@ def test_each_corrected_image_once_with_every_model(case):
     for it in corrected:
         assert p.text["corrected"].count(it["path"]) == 1
         assert [m[0] for m in it["members"]] == list(H.BACKBONES) and set(it["cams"]) == set(H.BACKBONES)
+        assert it["flat_cams"] == ["resnet50"]
+    assert p.text["corrected"].count("Grad-CAM resnet50 (flat: no region stood out)") == len(corrected)
     n_items = sum(len(v) for v in gal.values())
     assert len(p.imgs) == 3 * n_items                       # thumbnail + one Grad-CAM per member
     assert f"{len(corrected)} images were labelled wrong by at least one network" in p.text["corrected"]  # > 1 here
