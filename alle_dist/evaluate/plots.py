@@ -1,0 +1,111 @@
+"""The report's plots as PNG bytes (matplotlib, Agg), drawn at 150 dpi so they stay sharp at the
+page's full column width; `all_plots(doc)` gives them under readable titles, as page.render takes them.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+DPI = 150
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def plot_confusion(name: str, m: dict, classes) -> bytes:
+    """Counts and row percentages; the last column is the referrals."""
+    plt = _plt()
+    counts, pct = np.array(m["confusion"]["counts"]), np.array(m["confusion"]["percent"])
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    cols = list(classes) + ["referred"]
+    ax.set_xticks(range(len(cols)), cols, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    for (i, j), v in np.ndenumerate(counts):
+        ax.text(j, i, f"{v}\n{pct[i, j]:.1f} %", ha="center", va="center", fontsize=9,
+                color="white" if pct[i, j] > 60 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=f"{name}: confusion matrix (counts, % of row)")
+    return _png(fig)
+
+
+def plot_roc(name: str, m: dict) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    for c, r in m["roc"].items():
+        if r["auc"] is not None:
+            ax.plot(r["fpr"], r["tpr"], label=f"{c} (AUC {r['auc']:.4f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{name}: ROC, one class vs the rest")
+    ax.legend(loc="lower right", fontsize=9)
+    return _png(fig)
+
+
+def plot_coverage_risk(models: dict) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    for name, m in models.items():
+        cr = m["coverage_risk"]
+        ax.plot(cr["coverage"], cr["risk"], label=f"{name} (AURC {cr['aurc']:.4f})")
+    ax.set(xlabel="coverage (share of images labelled, most confident first)",
+           ylabel="risk (error rate among the labelled)", title="Coverage and risk")
+    ax.legend(fontsize=9)
+    return _png(fig)
+
+
+def plot_reliability(models: dict) -> bytes:
+    """Accuracy against confidence per bin, before and after temperature scaling; under each panel
+    the number of images per bin (log scale), so a point resting on three images reads as such."""
+    plt = _plt()
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 6.8), sharex=True, sharey="row",
+                             gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08})
+    names = list(models)
+    for col, when in enumerate(("before", "after")):
+        top, bottom = axes[0, col], axes[1, col]
+        for k, name in enumerate(names):
+            m = models[name]
+            b = m["reliability"][when]
+            count, edges = np.array(b["count"]), np.array(b["edges"])
+            keep = count > 0
+            e = m["ece_before_temperature"] if when == "before" else m["ece"]
+            line, = top.plot(np.array(b["confidence"])[keep], np.array(b["accuracy"])[keep], "o-", ms=4,
+                             label=f"{name} (ECE {e:.4f})")
+            width = np.diff(edges) / (len(names) + 1)
+            bottom.bar(edges[:-1] + width * (k + 0.5), np.where(keep, count, np.nan), width=width,
+                       align="edge", color=line.get_color())
+        top.plot([0, 1], [0, 1], "k:", lw=0.8)
+        top.set_title(f"Reliability {when} temperature scaling")
+        top.legend(fontsize=9, loc="upper left")
+        top_count = max(max(models[n]["reliability"][when]["count"]) for n in names)
+        bottom.set_yscale("log")
+        bottom.set_ylim(0.5, 2.5 * max(top_count, 1))   # from 0.5: a bin of one image still shows a bar
+        bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        bottom.set_xlabel("confidence (top probability)")
+    axes[0, 0].set_ylabel("accuracy in the bin")
+    axes[1, 0].set_ylabel("images per bin")
+    axes[0, 0].set_xlim(0, 1)
+    return _png(fig)
+
+
+def all_plots(doc: dict) -> dict[str, bytes]:
+    """{readable title: PNG} of every plot of the report, in page order."""
+    classes = list(doc["per_class"])
+    plots = {"Coverage and risk": plot_coverage_risk(doc["models"]),
+             "Calibration: reliability diagram with images per bin": plot_reliability(doc["models"])}
+    for name, m in doc["models"].items():
+        plots[f"Confusion matrix: {name}"] = plot_confusion(name, m, classes)
+        plots[f"ROC curves: {name}"] = plot_roc(name, m)
+    return plots
