@@ -33,7 +33,7 @@ def _rss_mb() -> float:
 
 def measure(kind: str, path: str) -> dict:
     """In the child: iterate every chunk of one listing and report its cost."""
-    from alle_dist import storage
+    from alle_dist.io import storage
     from alle_dist.classify import listing
 
     base = _rss_mb()

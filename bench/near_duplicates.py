@@ -26,8 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alle_dist import catalog, schema  # noqa: E402
-from alle_dist.imageio import decode_rgb  # noqa: E402
+from alle_dist import schema  # noqa: E402
+from alle_dist.io.images import decode_rgb  # noqa: E402
+from alle_dist.prepare import split as catalog  # noqa: E402
 from alle_dist.prepare import neardup  # noqa: E402
 
 TAIL = 20          # distances shown

@@ -5,30 +5,22 @@ fields), and the page modules themselves.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-from alle_dist import ensemble
-from alle_dist import evaluate as EV
-from alle_dist import report
+from alle_dist.ensemble import rule as ensemble
+from alle_dist.ensemble.probs import SplitProbs
+from alle_dist.evaluate import metrics as EV
+from alle_dist.evaluate import report
 
 CLASSES = ("Benign", "Early", "Pre", "Pro")
 BACKBONES = ("densenet201", "resnet50")
 
 
 def evaluate_module(name: str):
-    """alle_dist.evaluate.<name>. Until the package restructuring lands, alle_dist/evaluate.py shadows
-    the alle_dist/evaluate/ folder, so the file is loaded by path (drop this fallback then)."""
-    try:
-        return importlib.import_module(f"alle_dist.evaluate.{name}")
-    except ModuleNotFoundError:
-        path = Path(EV.__file__).parent / "evaluate" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"alle_dist_evaluate_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+    """alle_dist.evaluate.<name>."""
+    return importlib.import_module(f"alle_dist.evaluate.{name}")
 
 
 def _probs(rng, y, accuracy: float, sharpness: float) -> np.ndarray:
@@ -41,7 +33,7 @@ def _probs(rng, y, accuracy: float, sharpness: float) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def split(n: int = 80, seed: int = 0, paths=None, baseline: bool = True) -> tuple[ensemble.SplitProbs, dict]:
+def split(n: int = 80, seed: int = 0, paths=None, baseline: bool = True) -> tuple[SplitProbs, dict]:
     """(SplitProbs of the members, {baseline: N x C}) with a few unfamiliar and empty-field images."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 4
@@ -51,11 +43,11 @@ def split(n: int = 80, seed: int = 0, paths=None, baseline: bool = True) -> tupl
     ood[::17] = 9.0                                          # unfamiliar to the networks
     mask = rng.uniform(0.1, 0.3, n)
     mask[5::23] = 0.01                                       # nearly empty fields
-    data = ensemble.SplitProbs(paths, y, CLASSES, probs, {b: ood for b in BACKBONES}, mask)
+    data = SplitProbs(paths, y, CLASSES, probs, {b: ood for b in BACKBONES}, mask)
     return data, ({"alexnet": _probs(rng, y, 0.7, 2.0)} if baseline else {})
 
 
-def fitted_temperatures(data: ensemble.SplitProbs) -> tuple[float, ...]:
+def fitted_temperatures(data: SplitProbs) -> tuple[float, ...]:
     """Per member, the temperature of a grid with the lowest ECE (T = 1 is on it: never worse)."""
     grid = np.round(np.arange(0.5, 2.01, 0.05), 2)
     return tuple(float(min(grid, key=lambda t: EV.ece(ensemble.scale(data.probs[b], t), data.y)[0]))
@@ -67,13 +59,13 @@ def spec(weights=(0.7, 0.3), temperatures=(1.0, 1.0), gamma: float = 0.7) -> ens
                                  {"ood_score": {b: 6.0 for b in BACKBONES}, "mask_fraction": {"low": 0.05, "high": None}})
 
 
-def doc_for(tmp: Path, data: ensemble.SplitProbs, baselines: dict, sp: ensemble.EnsembleSpec):
+def doc_for(tmp: Path, data: SplitProbs, baselines: dict, sp: ensemble.EnsembleSpec):
     """(doc, outputs) as evaluate_run builds them; the corrections counted by report.corrections
     (no manifest under `tmp`: the images are listed, not copied)."""
     outputs = EV.model_outputs(data, sp)
     models = {name: EV.model_metrics(o, data.y, sp.classes) for name, o in outputs.items()}
     for b, p in baselines.items():
-        bd = ensemble.SplitProbs(data.paths, data.y, data.classes, {b: p}, {b: None}, data.mask_fraction)
+        bd = SplitProbs(data.paths, data.y, data.classes, {b: p}, {b: None}, data.mask_fraction)
         models[b] = EV.model_metrics(EV.model_outputs(bd, None)[b], data.y, data.classes)
     ens = models[EV.ENSEMBLE]
     doc = {"per_class": ens["per_class"], "overall": ens["overall"], "coverage": ens["coverage"],

@@ -29,8 +29,9 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alle_dist import schema, storage
-from alle_dist.storage import StorageError
+from .. import schema
+from ..errors import StorageError
+from ..io import storage
 
 CHUNK_ROWS = 100_000
 BATCH_ROWS = 10_000

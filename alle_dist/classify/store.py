@@ -62,9 +62,8 @@ import uuid
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alle_dist import storage
-from alle_dist.config import ConfigError
-from alle_dist.storage import StorageError
+from ..errors import ConfigError, StorageError
+from ..io import storage
 
 KEY = "uri"
 INDEX_COLUMNS = ("uri", "bytes", "sha256", "status")

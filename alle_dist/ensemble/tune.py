@@ -21,7 +21,6 @@ import numpy as np
 
 from .. import config as config_mod
 from ..errors import UsageError
-from ..io import storage
 from ..referral import rule as referral_rule
 from ..rundir import RunDir
 from ..runtime import secrets_hidden_from_ray

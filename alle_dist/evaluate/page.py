@@ -1,4 +1,4 @@
-"""report.html for a haematologist: one self-contained page (images inlined as base64, no scripts,
+"""The HTML report for a haematologist: one self-contained page (images inlined as base64, no scripts,
 nothing fetched), every value from the evaluation doc passed through html.escape.
 
 `render(doc, details, plots, galleries)`:

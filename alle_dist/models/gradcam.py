@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alle_dist.predict import to_model_input
+from .predictor import to_model_input
 
 BATCH = 16          # images per backward pass: bounds the activation memory of large backbones
 
@@ -103,7 +103,7 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray
 
 def heatmaps_for_model_dir(model_dir: str, images: np.ndarray, targets=None) -> np.ndarray:
     """heatmaps() of the trained model in `model_dir` (sha256 checked), with its meta's normalisation."""
-    from alle_dist import modelio
+    from . import files as modelio
 
     model, meta = modelio.load_model(model_dir, device="cpu")
     return heatmaps(model, images, targets, meta["mean"], meta["std"], int(meta["image_size"]))

@@ -29,8 +29,9 @@ def _fitted_model(name: str, seed: int):
     """A tiny timm model whose classifier is fitted on synthetic smears: its Grad-CAM has real peaks."""
     import torch
 
-    from alle_dist import backbones, synthetic
-    from alle_dist.predict import to_model_input
+    from alle_dist.models import registry as backbones
+    from alle_dist.models.predictor import to_model_input
+    from alle_dist.testing import synthetic
 
     torch.manual_seed(seed)
     model = backbones.create(name, 4, pretrained="none").eval()
@@ -57,7 +58,7 @@ def _identity(model, name: str) -> dict:
 
 
 def _report(tmp: Path) -> Path:
-    from alle_dist import synthetic
+    from alle_dist.testing import synthetic
     from alle_dist.models import gradcam
 
     page, plots = H.evaluate_module("page"), H.evaluate_module("plots")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from alle_dist.classify.listing import list_inputs, read_input_list
-from alle_dist.storage import StorageError
+from alle_dist.errors import StorageError
 
 # > 1000 keys in one "folder" (moto, like S3, pages at 1000) and a few levels of nesting.
 FLAT = [f"arch/flat/{i:05d}.jpg" for i in range(1010)]

@@ -7,12 +7,10 @@ so every child process here is spawned.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing as mp
 import os
 import socket
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,19 +20,11 @@ import pyarrow as pa
 import pytest
 
 from alle_dist import schema as row_schema
-from alle_dist.config import ConfigError
-from alle_dist.storage import StorageError
+from alle_dist.errors import ConfigError
+from alle_dist.errors import StorageError
 from conftest import FAKE_KEY_ID, FAKE_SECRET
 
-if importlib.util.find_spec("alle_dist.classify").submodule_search_locations:   # a package
-    from alle_dist.classify.store import ResultStore
-else:   # alle_dist/classify.py still shadows the alle_dist/classify/ folder (and importing it costs seconds)
-    _spec = importlib.util.spec_from_file_location(
-        "alle_dist_classify_store", Path(__file__).resolve().parents[3] / "alle_dist" / "classify" / "store.py")
-    _store = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = _store
-    _spec.loader.exec_module(_store)
-    ResultStore = _store.ResultStore
+from alle_dist.classify.store import ResultStore
 
 MODEL = {"model_sha256": "a" * 64, "backbones": ["resnet"], "classes": ["Benign", "Pre"]}
 

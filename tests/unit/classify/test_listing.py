@@ -15,7 +15,7 @@ import pytest
 
 from alle_dist.classify.listing import (INPUT_SCHEMA, LINK_SEEN, NO_EXT, list_inputs, path_to_uri,
                                         read_input_list, uri_to_path)
-from alle_dist.storage import StorageError
+from alle_dist.errors import StorageError
 
 NOBODY = 65534
 

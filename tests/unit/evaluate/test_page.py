@@ -86,7 +86,7 @@ def test_malicious_path_is_escaped(case, tmp_path):
     paths = list(data.paths)
     i = page.select(data.y, out["ensemble"].pred, {b: out[b].pred for b in H.BACKBONES})["referred"][0]
     paths[i] = EVIL
-    evil = H.ensemble.SplitProbs(paths, data.y, data.classes, data.probs, data.ood, data.mask_fraction)
+    evil = H.SplitProbs(paths, data.y, data.classes, data.probs, data.ood, data.mask_fraction)
     text = page.render(doc, {"data_source": f"s3://b/{EVIL}"}, {"<b>plot</b>": page.thumbnail_png(np.zeros((9, 9, 3)))},
                        _galleries(evil, out))
     p = _Page(text)

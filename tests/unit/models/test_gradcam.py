@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from alle_dist import backbones, synthetic
+from alle_dist.models import registry as backbones
+from alle_dist.testing import synthetic
 from alle_dist.models import gradcam as G
 
 SIZE = 64

@@ -11,8 +11,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from alle_dist import catalog, schema, synthetic
-from alle_dist.imageio import decode_rgb, encode_jpeg
+from alle_dist import schema
+from alle_dist.io.images import decode_rgb, encode_jpeg
+from alle_dist.prepare import split as catalog
+from alle_dist.testing import synthetic
 from alle_dist.prepare import neardup
 
 # ---------------------------------------------------------------- hash
