@@ -28,8 +28,12 @@ class PrepareConfig:
     test_fraction: float = 0.35        # the paper's 65 / 35 split
     val_fraction: float = 0.10         # of the train split
     hash_workers: int | None = None    # Ray Data tasks for reading + hashing; None = cluster CPUs
+    # Hamming radius of the perceptual-hash near-duplicate groups (docs/near-duplicates.md: 10 on the
+    # shared images; 0 joins only identical hashes, -1 turns near-duplicate grouping off).
+    near_radius: int = 10
 
     def __post_init__(self):
+        _check(-1 <= self.near_radius <= 63, f"prepare.near_radius={self.near_radius}: must be in -1..63")
         _check(0 < self.test_fraction < 1, f"prepare.test_fraction={self.test_fraction}: must be in (0, 1)")
         _check(0 <= self.val_fraction < 1, f"prepare.val_fraction={self.val_fraction}: must be in [0, 1)")
 

@@ -106,6 +106,16 @@ class RunDir:
     def model(self, backbone: str) -> ModelDir:
         return ModelDir(storage.join(self.models_root, backbone))
 
+    def model_folders(self) -> list[str]:
+        """Every folder under RUN/models (finished or not: a checkpoint was made from this run too)."""
+        import pyarrow.fs as pafs
+
+        if not storage.exists(self.models_root):
+            return []
+        fs, base = storage.resolve(self.models_root)
+        return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(base))
+                      if i.type == pafs.FileType.Directory)
+
     def trained_models(self) -> list[str]:
         """Backbones under RUN/models that have a test_probs.parquet (every finished one)."""
         if not storage.exists(self.models_root):

@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..referral import rule as referral_rule
 from ..rundir import RunDir
 from ..runtime import secrets_hidden_from_ray
+from . import lineage
 from . import probs as probs_mod
 from . import rule as ensemble
 from .rule import PAPER_GAMMAS, PAPER_WEIGHTS
@@ -182,6 +183,7 @@ def finish(data: probs_mod.SplitProbs, temperatures, best: dict, cfg: config_mod
 
 def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> probs_mod.SplitProbs:
     """The cached validation outputs: the only split this stage reads."""
+    lineage.snapshot(RunDir(run_dir), cfg.backbones)   # every member trained on RUN's current manifest
     data = probs_mod.load_probs(run_dir, list(cfg.backbones), "val")
     if (data.y < 0).any():
         raise UsageError(f"{run_dir}: validation labels outside the classes {list(data.classes)}")
@@ -204,7 +206,8 @@ def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | N
     best = select_best(trials, cfg.objective, cfg.min_coverage)
     spec, metrics = finish(data, temps, best, cfg)
     extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
-             "metrics": {"validation": metrics}, "trials": trials}
+             "metrics": {"validation": metrics}, "trials": trials,
+             "lineage": lineage.snapshot(RunDir(run_dir), cfg.backbones)}
     ensemble.save_spec(run_dir, spec, **extra)
     log.info("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
     return {**ensemble.spec_doc(ensemble.load_spec(run_dir)), **extra}

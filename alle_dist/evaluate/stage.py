@@ -11,8 +11,10 @@ import argparse
 import logging
 
 from .. import config as config_mod
+from ..ensemble import lineage as ens_lineage
 from ..ensemble import probs as probs_mod
 from ..ensemble import rule as ensemble
+from ..io import storage
 from ..rundir import RunDir
 from .metrics import ENSEMBLE, model_metrics, model_outputs, table3
 
@@ -23,11 +25,14 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
     from . import report
 
+    run = RunDir(run_dir)
     spec = ensemble.load_spec(run_dir)
+    now = ens_lineage.check(run, storage.read_json(run.ensemble))   # nothing stale behind ensemble.json
     data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
-    for extra in sorted(set(RunDir(run_dir).trained_models()) - set(spec.backbones)):   # baselines: on their own rows
+    for extra in sorted(set(run.trained_models()) - set(spec.backbones)):   # baselines: on their own rows
+        now["models"].update(ens_lineage.snapshot(run, [extra])["models"])   # trained on this split too
         bd = probs_mod.load_probs(run_dir, [extra], "test")
         models[extra] = model_metrics(model_outputs(bd, None)[extra], bd.y, bd.classes)
     ens = models[ENSEMBLE]
@@ -35,7 +40,8 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
            "ece": ens["ece"], "n": ens["n"], "accuracy_on_accepted": ens["accuracy_on_accepted"],
            "ensemble": {"backbones": list(spec.backbones), "weights": list(spec.weights), "gamma": spec.gamma,
                         "temperatures": list(spec.temperatures)},
-           "table3": table3(data, spec), "models": models}
+           "table3": table3(data, spec), "models": models,
+           "lineage": {"ensemble": ens_lineage.ensemble_sha256(run), **now}}
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
     report.write_report(run_dir, doc)
     return doc

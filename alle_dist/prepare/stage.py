@@ -7,6 +7,7 @@ Writes `RUN/manifest.parquet` and `RUN/prepare_config.yaml`.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import Counter
 
 import pyarrow as pa
@@ -17,6 +18,8 @@ from ..io import storage
 from ..rundir import RunDir
 from .catalog import check_batch, list_labelled
 from .manifest import manifest_table
+
+log = logging.getLogger("alle_dist.prepare")
 
 
 def build_manifest(src: str, seed: int, cfg: PrepareConfig,
@@ -47,9 +50,36 @@ def summary(table: pa.Table) -> str:
         vals = [counts[(cls, c)] for c in cols]
         lines.append(f"{cls or '(none)':<12}" + "".join(f"{v:>8}" for v in vals) + f"{sum(vals):>8}")
     n_dup = len({g for g in table.column("dup_group").to_pylist() if g >= 0})
+    reasons = Counter(r for r in table.column("group_reason").to_pylist() if r)
+    n_near = len({g for g, r in zip(table.column("split_group").to_pylist(), table.column("group_reason").to_pylist())
+                  if r and "near" in r})
     n_err = sum(v for (_, k), v in counts.items() if k == schema.ERROR)
-    lines.append(f"{len(rows)} files, {n_err} errors, {n_dup} duplicate groups")
+    n_conflict = sum(1 for e in table.column("error").to_pylist() if e and e.startswith("conflicting labels"))
+    lines.append(f"{len(rows)} files, {n_err} errors ({n_conflict} with conflicting labels), {n_dup} exact-duplicate "
+                 f"groups, {n_near} near-duplicate groups ({reasons.get('near', 0) + reasons.get('exact+near', 0)} "
+                 "files); every group stays in one split")
     return "\n".join(lines)
+
+
+def guard_existing(run: RunDir, table: pa.Table) -> bool:
+    """Before writing a manifest into a run directory that has one: True when it is identical (a no-op);
+    refuse (StaleArtifactError) when artifacts made from the old split exist; else replace it, said."""
+    from ..errors import StaleArtifactError
+    from .manifest import manifest_id, recorded_id
+
+    if not storage.exists(run.manifest):
+        return False
+    old, new = recorded_id(run), manifest_id(table)
+    if old == new:
+        return True
+    made_from_it = [f"models/{b}" for b in run.model_folders()]
+    made_from_it += [name for name, uri in ((RunDir.ENSEMBLE, run.ensemble), (RunDir.REPORT + "/", run.report))
+                     if storage.exists(uri)]
+    if made_from_it:
+        raise StaleArtifactError(f"{run.root}: already prepared with a different split or file set, and "
+                                 f"{', '.join(made_from_it)} were made from it; prepare into a new --run-dir")
+    log.warning("%s: replacing its manifest (a different split; nothing was made from the old one yet)", run.root)
+    return False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,6 +99,10 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.num_cpus)
     table = build_manifest(src, cfg.prepare.seed, cfg.prepare, items)
     run = RunDir(args.run_dir)
+    if guard_existing(run, table):
+        print(summary(table))
+        print(f"manifest: {run.manifest} (unchanged: the same files, labels and split; nothing to do)")
+        return 0
     storage.write_parquet(table, run.manifest)
     config.save_resolved(run.config("prepare"), cfg, data=args.data, run_dir=args.run_dir)
     print(summary(table))

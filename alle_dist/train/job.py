@@ -22,7 +22,7 @@ from .. import schema
 from ..errors import ConfigError
 from ..io import storage
 from ..models import files as model_files
-from ..models import preprocessing, registry
+from ..models import lineage, preprocessing, registry
 from ..rundir import ModelDir, RunDir
 from .loop import LoopConfig, TestHooks, train_loop
 
@@ -113,14 +113,15 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
         return model_files.read_checkpoint(d)[2]
 
 
-def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str) -> LoopConfig:
-    """The worker's typed config: the recipe from jcfg.train, the preprocessing recorded in the meta."""
+def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str, manifest_id: str) -> LoopConfig:
+    """The worker's typed config: the recipe from jcfg.train; the preprocessing and the manifest it is
+    trained on (lineage) recorded in the meta every checkpoint carries."""
     cfg = jcfg.train
     size = cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
     prep = preprocessing.Preprocessing(size, mean, std, jcfg.segment if cfg.segmented else None)
     meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": cfg.pretrained,
-                                 "run_dir": run.root, "run_name": name,
+                                 "run_dir": run.root, "run_name": name, "lineage": {"manifest": manifest_id},
                                  "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}, prep)
     return LoopConfig(backbone=backbone, classes=tuple(classes), image_size=size, mean=tuple(mean), std=tuple(std),
                       pretrained=cfg.pretrained, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -135,14 +136,16 @@ def _test_hooks(out: ModelDir, name: str) -> TestHooks:
                      pause_s=float(os.environ.get(PAUSE_ENV, 0)))
 
 
-def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict):
-    """Run (or resume) the TorchTrainer of one backbone; returns the Ray Train Result."""
+def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str):
+    """Run (or resume) the TorchTrainer of one backbone; returns the Ray Train Result. A checkpoint
+    made from another manifest is refused, not resumed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     out, name = run.model(backbone), run_name(run.root, backbone)
     previous = latest_checkpoint_meta(out, name)
     if previous:
+        lineage.check_trained_on(out, previous, manifest_id, backbone, run.root)
         log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
     fs, path = storage.resolve(out.checkpoints)
     run_config = RunConfig(
@@ -151,7 +154,7 @@ def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict):
         # Keep the best (lowest validation loss) and, always, the latest checkpoint.
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                            checkpoint_score_order="min"))
-    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name),
+    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id),
                            scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
     return trainer.fit()
 
@@ -176,12 +179,15 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
 
     cfg, backbone, run = jcfg.train, jcfg.train.backbone, RunDir(run_dir)
     out = run.model(backbone)
+    table, source, classes = read_manifest(run)    # checks the manifest's identity
+    manifest_id = table.schema.metadata[schema.META_MANIFEST_ID].decode()
     if retrain and storage.exists(out.root):
         storage.delete(out.root)
     elif is_finished(out):
+        meta = model_files.read_meta(out.root)
+        lineage.check_trained_on(out, meta, manifest_id, backbone, run.root)
         log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
-        return model_files.read_meta(out.root)
-    table, source, classes = read_manifest(run)
+        return meta
     splits = {s: split_rows(table, s, cfg.limit, cfg.seed) for s in schema.SPLITS}
     balanced, record = balance.oversample(splits[schema.TRAIN], cfg.seed)
     storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
@@ -196,7 +202,7 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
                                      aug=None).select_columns(cols),
     }
     t0 = time.perf_counter()
-    result = fit(run, jcfg, backbone, classes, datasets)
+    result = fit(run, jcfg, backbone, classes, datasets, manifest_id)
     publish(result, out)
     meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
