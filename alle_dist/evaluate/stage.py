@@ -21,7 +21,7 @@ log = logging.getLogger("alle_dist.evaluate")
 
 def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
-    from . import report
+    from . import gallery, report
 
     spec = ensemble.load_spec(run_dir)
     data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
@@ -37,7 +37,7 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
                         "temperatures": list(spec.temperatures)},
            "table3": table3(data, spec), "models": models}
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
-    report.write_report(run_dir, doc)
+    report.write_report(run_dir, doc, gallery.build(run_dir, data, outputs, spec))
     return doc
 
 
