@@ -185,8 +185,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
-
-
 def run_details(run_dir: str, doc: dict) -> dict:
     """What the page prints above everything: when, from which data, which models, which code."""
     from datetime import datetime, timezone

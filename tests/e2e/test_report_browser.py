@@ -3,9 +3,8 @@ is there, the galleries show the test images with a Grad-CAM map per backbone, t
 first screen, nothing overflows sideways. A full-page screenshot is kept (pytest tmp dir and
 /tmp/report-screenshot.png).
 
-The run: two tiny timm models saved through the project's writers (helpers_run.make_run_dir), cached
-test probabilities built so that every gallery has images (helpers_probs.write_probs), a manifest whose
-source folder holds real smear images (helpers_run.write_images); `evaluate.stage.evaluate_run` does the rest.
+The run: helpers_report.gallery_run (two tiny timm models, cached test probabilities that fill every
+gallery, a manifest over real smear images); `evaluate.stage.evaluate_run` does the rest.
 """
 from __future__ import annotations
 
@@ -13,46 +12,22 @@ import base64
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import helpers_report as H
-from helpers_probs import onehot_mix, write_manifest, write_probs
-from helpers_run import make_run_dir, write_images
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT_COPY = Path("/tmp/report-screenshot.png")
-MEMBERS = ("test_resnet", "test_efficientnet")
-N_TEST, N_TRAIN = 48, 16
-# (first member's, second member's) (p of the true class, wrong class offset), cycled over the test rows;
-# at weights 0.5 / 0.5 and γ 0.6: both right; one wrong, the ensemble right (0.65); referred (0.55 < γ);
-# both wrong the same way (the ensemble wrong).
-PATTERNS = [((0.95, 1), (0.95, 2)), ((0.3, 1), (1.0, 1)), ((0.55, 1), (0.55, 2)), ((0.1, 1), (0.2, 1)),
-            ((1.0, 1), (0.35, 3))]
-
-
-def _probs(y) -> list:
-    """Per member, N x 4 probabilities following PATTERNS."""
-    rows = [PATTERNS[i % len(PATTERNS)] for i in range(len(y))]
-    return [np.stack([onehot_mix(c, (c + r[m][1]) % 4, r[m][0]) for c, r in zip(y, rows)]) for m in range(2)]
+N_TEST = 48
 
 
 def _evaluated_run(tmp: Path) -> Path:
-    """A tiny run through the real evaluate stage; returns RUN."""
+    """helpers_report.gallery_run through the real evaluate stage; returns RUN."""
     from alle_dist.config import EvaluateConfig
     from alle_dist.evaluate import stage
 
-    src, run = tmp / "src", tmp / "run"
-    rels = write_images(src, N_TEST + N_TRAIN, size=96)
-    test = rels[:N_TEST]
-    make_run_dir(run, backbones=MEMBERS, image_size=64, gamma=0.6, referral={"ood_score": {b: 6.0 for b in MEMBERS}})
-    y = np.arange(N_TEST) % 4                                    # as write_images labels them
-    ood = np.where(np.arange(N_TEST) % 11 == 10, 9.0, 1.0)       # a few unfamiliar to the networks
-    for b, p in zip(MEMBERS, _probs(y)):
-        write_probs(run, b, "test", test, y, p, ood=ood, meta=False)   # meta=False: keep the model's meta.json
-    splits = ["test"] * N_TEST + ["train", "val"] * (N_TRAIN // 2)
-    write_manifest(run, src, [{"path": p, "label": p.split("/")[0], "split": s} for p, s in zip(rels, splits)])
+    run = H.gallery_run(tmp, N_TEST)
     stage.evaluate_run(str(run), EvaluateConfig())
     return run
 
@@ -107,7 +82,7 @@ def test_evaluate_report_renders_in_chromium(browser, tmp_path):
         assert heading.is_displayed() and heading.text == title
     for sid in ("corrected", "referred", "misclassified"):        # a thumbnail + one Grad-CAM per backbone
         per_item = _gallery_pictures(browser, sid)
-        assert per_item and set(per_item) == {1 + len(MEMBERS)}, (sid, per_item)
+        assert per_item and set(per_item) == {1 + len(H.MEMBERS)}, (sid, per_item)
     top, bottom, height = browser.execute_script(
         "const r = document.getElementById('disclaimer').getBoundingClientRect(); "
         "return [r.top, r.bottom, window.innerHeight]")

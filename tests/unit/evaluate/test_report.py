@@ -75,3 +75,14 @@ def test_path_traversal_names_stay_inside(evaluated):
         target = os.path.realpath(os.path.join(rep, "corrections", "fn_to_tp", s))
         assert target.startswith(rep + os.sep)
     assert eval_report.safe_name("x" * 400 + ".jpg").endswith(".jpg") and len(eval_report.safe_name("x" * 400 + ".jpg")) <= 150
+
+
+def test_report_page_shows_the_images_and_the_run(evaluated):
+    """The galleries hold the test images themselves (no model files here: as stored, no Grad-CAM)."""
+    tmp, run, doc = evaluated
+    text = (run / "report" / "report.html").read_text()
+    corrected = text[text.index('<section id="corrected">'):text.index('<section id="referred">')]
+    for path in ("Early/t1.jpg", "Pre/t2.jpg", "../../evil.jpg"):                    # each once
+        assert corrected.count(f'alt="image {path}"') == 1
+    assert 'alt="image Pre/t6.jpg"' in text[text.index('<section id="referred">'):]
+    assert "Not a medical device" in text and str(tmp / "a" / "b" / "src") in text and "test 7" in text
