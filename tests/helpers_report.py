@@ -1,6 +1,6 @@
 """Test helpers for the report page: a metrics doc computed by alle_dist.evaluate's own functions on
 synthetic probabilities (two members, optional baseline, referrals by γ, feature distance and empty
-fields), and the page modules themselves.
+fields), the page modules themselves, and a tiny run directory whose galleries have real pictures.
 """
 from __future__ import annotations
 
@@ -75,3 +75,41 @@ def doc_for(tmp: Path, data: SplitProbs, baselines: dict, sp: ensemble.EnsembleS
            "table3": EV.table3(data, sp), "models": models}
     doc["corrections"] = report.corrections(str(tmp), data, outputs, sp)
     return doc, outputs
+
+
+# ---------------------------------------------------------------- a run for the galleries
+
+MEMBERS = ("test_resnet", "test_efficientnet")
+# (first member's, second member's) (p of the true class, wrong class offset), cycled over the test rows;
+# at weights 0.5 / 0.5 and γ 0.6: both right; one wrong, the ensemble right (0.65); referred (0.55 < γ);
+# both wrong the same way (the ensemble wrong); the other one wrong, the ensemble right (0.675).
+PATTERNS = [((0.95, 1), (0.95, 2)), ((0.3, 1), (1.0, 1)), ((0.55, 1), (0.55, 2)), ((0.1, 1), (0.2, 1)),
+            ((1.0, 1), (0.35, 3))]
+
+
+def _pattern_probs(y) -> list[np.ndarray]:
+    from helpers_probs import onehot_mix
+
+    rows = [PATTERNS[i % len(PATTERNS)] for i in range(len(y))]
+    return [np.stack([onehot_mix(c, (c + r[m][1]) % 4, r[m][0]) for c, r in zip(y, rows)]) for m in range(2)]
+
+
+def gallery_run(tmp: Path, n_test: int = 48, n_train: int = 16, image_size: int = 64) -> Path:
+    """RUN under tmp: the MEMBERS as tiny models (helpers_run.make_run_dir, weights 0.5 / 0.5, γ 0.6,
+    ood threshold 6), test probabilities following PATTERNS (every 11th row unfamiliar), and a manifest
+    over real smear images in tmp/src (96 px; n_train more rows in the train and val splits)."""
+    from helpers_probs import write_manifest, write_probs
+    from helpers_run import make_run_dir, write_images
+
+    src, run = tmp / "src", tmp / "run"
+    rels = write_images(src, n_test + n_train, size=96)
+    test = rels[:n_test]
+    make_run_dir(run, backbones=MEMBERS, image_size=image_size, gamma=0.6,
+                 referral={"ood_score": {b: 6.0 for b in MEMBERS}})
+    y = np.arange(n_test) % 4                                    # as write_images labels them
+    ood = np.where(np.arange(n_test) % 11 == 10, 9.0, 1.0)
+    for b, p in zip(MEMBERS, _pattern_probs(y)):
+        write_probs(run, b, "test", test, y, p, ood=ood, meta=False)   # meta=False: keep the model's meta.json
+    splits = ["test"] * n_test + ["train", "val"] * (n_train // 2)
+    write_manifest(run, src, [{"path": p, "label": p.split("/")[0], "split": s} for p, s in zip(rels, splits)])
+    return run

@@ -5,15 +5,15 @@ nothing fetched), every value from the evaluation doc passed through html.escape
 - doc: evaluate's metrics doc (per_class, overall, coverage, n, ensemble, table3, models, corrections;
   optional `guarantees` (rows of dicts) and `control` (a line or a dict));
 - details: run details, e.g. {"date", "run_dir", "data_source", "split_sizes": {"train": 1800, ...},
-  "models": {name: {"architecture", "sha256", ...}}, "versions": versions()}; any other key is shown too;
+  "models": {name: {"architecture", "model id", ...}}, "versions": {...}} (report.run_details); any other
+  key is shown too;
 - plots: {readable title: PNG bytes} (plots.all_plots);
-- galleries: {"corrected" | "referred" | "misclassified": [gallery_item(...), ...]} (`select` picks them).
+- galleries: {"corrected" | "referred" | "misclassified": [item, ...]} (evaluate.gallery builds them).
 """
 from __future__ import annotations
 
 import base64
 import html
-import io
 import struct
 
 import numpy as np
@@ -176,7 +176,7 @@ def _summary(doc: dict) -> str:
 
 # ---------------------------------------------------------------- tables
 
-def _macro_auc(m: dict):
+def macro_auc(m: dict):
     aucs = [r["auc"] for r in m["roc"].values() if r["auc"] is not None]
     return float(np.mean(aucs)) if aucs else None
 
@@ -185,7 +185,7 @@ def _models(doc: dict) -> str:
     members = set(doc["ensemble"]["backbones"])
     role = lambda n: "ensemble" if n == ENSEMBLE else "member" if n in members else "baseline"  # noqa: E731
     rows = [[n, role(n), m["n"], num(m["coverage"]), *(num(m["overall"][k]) for k in METRICS),
-             num(_macro_auc(m)), f"{num(m['ece_before_temperature'])} → {num(m['ece'])}"]
+             num(macro_auc(m)), f"{num(m['ece_before_temperature'])} → {num(m['ece'])}"]
             for n, m in doc["models"].items()]
     head = ["model", "role", "images", "labelled", *_heads(), "macro AUC", "ECE before → after T"]
     return ("<p>Single networks always give a label; only the ensemble refers. Precision, sensitivity, "
@@ -207,7 +207,7 @@ def _weights(doc: dict) -> str:
                      *(num(r[k]) for k in METRICS)])
     if not rows:
         return "<p>Not computed: the paper's weight grid needs exactly two ensemble members.</p>"
-    return ("<p>The paper's weight sets × γ on the test images (the choice itself was made on the validation "
+    return ("<p>The paper's weight sets × γ (its Table 3) on the test images (the choice itself was made on the validation "
             "images; the chosen one is in bold when it is on this grid).</p>"
             + _table(["weights", "γ", "labelled", *_heads()], rows, numeric=set(range(1, 8)), chosen=chosen))
 
@@ -250,9 +250,8 @@ def _control(doc: dict) -> str:
 
 def _corrections_intro(doc: dict) -> str:
     c = doc.get("corrections") or {}
-    fixed, broken = c.get("fn_to_tp", {}), c.get("broken", {})
-    per_b = {b: sum(v.values()) for b, v in (fixed.get("by_backbone_class") or {}).items()}
-    rows = [[b, per_b.get(b, 0), sum((broken.get("by_backbone_class") or {}).get(b, {}).values())]
+    fixed, broken = c.get("corrected", {}), c.get("broken", {})
+    rows = [[b, (fixed.get("by_backbone") or {}).get(b, 0), (broken.get("by_backbone") or {}).get(b, 0)]
             for b in doc["ensemble"]["backbones"]]
     k = fixed.get("images", 0)
     return (f"<p>{_n_images(k)} {'was' if k == 1 else 'were'} labelled wrong by at least one network and right by the "
@@ -271,7 +270,7 @@ def _totals(doc: dict) -> dict[str, int]:
     ens = doc["models"].get(ENSEMBLE, {})
     referred = int(ens.get("n_referred", 0))
     right = int(round(doc["overall"]["accuracy"] * doc["n"]))
-    return {"corrected": int((doc.get("corrections") or {}).get("fn_to_tp", {}).get("images", 0)),
+    return {"corrected": int((doc.get("corrections") or {}).get("corrected", {}).get("images", 0)),
             "referred": referred, "misclassified": doc["n"] - referred - right}
 
 
@@ -298,7 +297,9 @@ def _item(it: dict) -> str:
 
 def _gallery(items: list[dict], total: int, intro: str = "") -> str:
     if not items:
-        return intro + "<p>None.</p>"
+        # Images exist but none could be shown: say so rather than "None."
+        return intro + (f"<p>{_n_images(total)}; their pictures could not be read for this report "
+                        "(see the evaluate log).</p>" if total else "<p>None.</p>")
     shown = f"<p>Showing {len(items)} of {_n_images(total)}." if total > len(items) else f"<p>{_n_images(len(items))}."
     shown += (" Next to each image, where each network looked for its answer (Grad-CAM: red = most "
               "influential)." if any(it.get("cams") for it in items) else "") + "</p>"
@@ -331,78 +332,3 @@ def render(doc: dict, details: dict, plots: dict[str, bytes], galleries: dict[st
             f'<p class="disclaimer" id="disclaimer">{_e(DISCLAIMER)}</p>{_details(details)}'
             f"<nav><ol>{nav}</ol></nav>"
             + "".join(_section(sid, body[sid]) for sid, _ in SECTIONS) + "</body></html>")
-
-
-# ---------------------------------------------------------------- building gallery items
-
-def select(y, ensemble_pred, member_preds: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Row indices per gallery, each image once per gallery: corrected (some member wrong, ensemble
-    right), referred (ensemble -1), misclassified (ensemble gave a wrong label)."""
-    y, ens = np.asarray(y), np.asarray(ensemble_pred)
-    some_wrong = np.zeros(len(y), bool)
-    for p in member_preds.values():
-        some_wrong |= np.asarray(p) != y
-    return {"corrected": np.flatnonzero(some_wrong & (ens == y)).tolist(),
-            "referred": np.flatnonzero(ens < 0).tolist(),
-            "misclassified": np.flatnonzero((ens >= 0) & (ens != y)).tolist()}
-
-
-def thumbnail_png(rgb: np.ndarray, size: int = 144) -> bytes:
-    """uint8 RGB image → PNG bytes, longest side at most `size` px."""
-    buf = io.BytesIO()
-    _thumb(rgb, size).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def _thumb(rgb: np.ndarray, size: int):
-    from PIL import Image
-
-    im = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
-    im.thumbnail((size, size), Image.Resampling.LANCZOS)
-    return im
-
-
-def gallery_item(image: np.ndarray, path: str, true_label: str, members: dict[str, tuple[str, float]],
-                 ensemble: tuple[str, float], reason: str | None = None,
-                 cams: dict[str, np.ndarray] | None = None, size: int = 144) -> dict:
-    """One gallery entry: thumbnail, each member's (label, confidence), the ensemble's (top class,
-    confidence) with its referral reason ('+'-joined, None = labelled), a Grad-CAM overlay per member."""
-    small = np.asarray(_thumb(image, size))     # the overlay is drawn at thumbnail size: small PNGs
-    overlays = {}
-    if cams:
-        from alle_dist.models.gradcam import overlay
-
-        overlays = {name: thumbnail_png(overlay(small, cam), size) for name, cam in cams.items()}
-    return {"thumb": thumbnail_png(small, size), "path": str(path), "true": str(true_label),
-            "members": [(n, str(lab), float(c)) for n, (lab, c) in members.items()],
-            "ensemble": (str(ensemble[0]), float(ensemble[1])), "reason": reason, "cams": overlays,
-            "flat_cams": [n for n, cam in (cams or {}).items() if float(np.max(cam)) <= 0.0]}
-
-
-def gallery_items(indices, images, paths, y, classes, member_probs: dict[str, np.ndarray],
-                  ensemble_probs: np.ndarray, reasons, cams: dict[str, np.ndarray] | None = None,
-                  size: int = 144) -> list[dict]:
-    """gallery_item for rows `indices` of a split; images and cams (backbone → K x S x S) are aligned
-    with `indices`, the probabilities (temperature-scaled; the ensemble's weighted) with the split."""
-    out = []
-    for k, i in enumerate(indices):
-        mem = {b: (classes[int(np.argmax(p[i]))], float(np.max(p[i]))) for b, p in member_probs.items()}
-        top = int(np.argmax(ensemble_probs[i]))
-        out.append(gallery_item(images[k], paths[i], classes[int(y[i])] if y[i] >= 0 else "unknown", mem,
-                                (classes[top], float(ensemble_probs[i][top])), reasons[i],
-                                {b: c[k] for b, c in (cams or {}).items()}, size))
-    return out
-
-
-def versions() -> dict[str, str]:
-    """Versions of the code and the libraries that shape the numbers, for the run details."""
-    import platform
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for pkg in ("alle_dist", "torch", "timm", "numpy", "scikit-learn", "ray"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out

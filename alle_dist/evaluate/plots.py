@@ -100,12 +100,18 @@ def plot_reliability(models: dict) -> bytes:
     return _png(fig)
 
 
-def all_plots(doc: dict) -> dict[str, bytes]:
-    """{readable title: PNG} of every plot of the report, in page order."""
+def plot_set(doc: dict) -> list[tuple[str, str, bytes]]:
+    """(file stem, readable title, PNG) of every plot of the report, in page order; the stems name
+    the PNG files written beside report.html."""
     classes = list(doc["per_class"])
-    plots = {"Coverage and risk": plot_coverage_risk(doc["models"]),
-             "Calibration: reliability diagram with images per bin": plot_reliability(doc["models"])}
+    out = [("coverage_risk", "Coverage and risk", plot_coverage_risk(doc["models"])),
+           ("reliability", "Calibration: reliability diagram with images per bin", plot_reliability(doc["models"]))]
     for name, m in doc["models"].items():
-        plots[f"Confusion matrix: {name}"] = plot_confusion(name, m, classes)
-        plots[f"ROC curves: {name}"] = plot_roc(name, m)
-    return plots
+        out.append((f"confusion_{name}", f"Confusion matrix: {name}", plot_confusion(name, m, classes)))
+        out.append((f"roc_{name}", f"ROC curves: {name}", plot_roc(name, m)))
+    return out
+
+
+def all_plots(doc: dict) -> dict[str, bytes]:
+    """{readable title: PNG} of every plot of the report, in page order (as page.render takes them)."""
+    return {title: png for _, title, png in plot_set(doc)}

@@ -1,4 +1,5 @@
-"""The evaluation report: corrections (images copied for review), PNG plots, comparison.md, report.html.
+"""The evaluation report: corrections (images copied for review, counted once per kind), the PNG plots
+(evaluate.plots), comparison.md, the run details and report.html (evaluate.page).
 
 Everything is written under RUN/report/ through storage (local or s3://). Image names from the
 manifest never choose a folder: `safe_name` flattens a path into one file name of safe characters,
@@ -6,10 +7,8 @@ so `../../x.jpg` becomes `x.jpg`-like text inside the corrections folder, never 
 """
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
-import html
 import io
 import logging
 import os
@@ -17,9 +16,11 @@ import re
 
 import numpy as np
 
+from .. import schema
 from ..errors import StorageError
 from ..io import storage
 from ..rundir import RunDir
+from . import page, plots
 
 log = logging.getLogger("alle_dist.report")
 KINDS = ("fn_to_tp", "fp_to_tn", "broken")   # broken: a backbone was right and the ensemble labelled it wrong
@@ -74,13 +75,22 @@ def correction_rows(data, outputs: dict, spec) -> list[dict]:
             for i, b, c, kind in rows]
 
 
-def _source(run_dir: str) -> str | None:
+def _manifest(run_dir: str):
+    """(manifest table, source root), or None when the run has no readable manifest (logged)."""
     from ..prepare.manifest import read_manifest
+
     try:
-        return read_manifest(run_dir)[1]
+        table, source, _ = read_manifest(run_dir)
+        return table, source
     except (StorageError, OSError, KeyError) as exc:
-        log.warning("no manifest source (%s): correction images are listed, not copied", exc)
+        log.warning("no manifest source (%s): report images are listed, not shown or copied", exc)
         return None
+
+
+def source_root(run_dir: str) -> str | None:
+    """The folder or s3:// prefix the manifest's paths are relative to (None: no manifest)."""
+    found = _manifest(run_dir)
+    return found[1] if found else None
 
 
 def corrections(run_dir: str, data, outputs: dict, spec, max_copied: int = 1000) -> dict:
@@ -88,7 +98,7 @@ def corrections(run_dir: str, data, outputs: dict, spec, max_copied: int = 1000)
     from ..prepare.catalog import image_uri
 
     rows = correction_rows(data, outputs, spec)
-    root, source, copied, done = report_dir(run_dir), _source(run_dir), 0, set()
+    root, source, copied, done = report_dir(run_dir), source_root(run_dir), 0, set()
     for r in rows:
         if source is None or r["file"] in done or copied >= max_copied:
             continue
@@ -102,16 +112,27 @@ def corrections(run_dir: str, data, outputs: dict, spec, max_copied: int = 1000)
     for r in rows:
         r["copied"] = r["file"] in done
     _write_csv(storage.join(root, RunDir.CORRECTIONS, "corrections.csv"), rows)
-    counts = {k: {"rows": 0, "images": 0} for k in KINDS}
-    for k in KINDS:
-        sel = [r for r in rows if r["kind"] == k]
-        counts[k] = {"rows": len(sel), "images": len({r["path"] for r in sel}),
-                     "by_backbone_class": _tally(sel)}
+    return {**correction_counts(rows, spec.backbones),
+            "referred_but_a_backbone_was_right": _referred_right(data, outputs, spec), "copied": copied}
+
+
+def correction_counts(rows: list[dict], backbones) -> dict:
+    """Each image counted once per kind. `corrected`: images some network got wrong and the ensemble
+    right (the paper lists each twice, as fn_to_tp of its true class and fp_to_tn of the wrong one:
+    those two views are `by_class`, per backbone, never added up); `broken`: a network was right, the
+    ensemble gave a wrong label. `by_backbone`: images per network (an image both got wrong is in both)."""
+    def images(kind: str) -> dict:
+        sel = [r for r in rows if r["kind"] == kind]
+        return {"images": len({r["path"] for r in sel}),
+                "by_backbone": {b: len({r["path"] for r in sel if r["backbone"] == b}) for b in backbones}}
+
+    return {"corrected": images("fn_to_tp"), "broken": images("broken"),
+            "by_class": {k: _tally([r for r in rows if r["kind"] == k]) for k in KINDS}}
+
+
+def _referred_right(data, outputs: dict, spec) -> int:
     ens, y = outputs["ensemble"].pred, data.y
-    counts["referred_but_a_backbone_was_right"] = int(sum(
-        np.sum((outputs[b].pred == y) & (ens < 0)) for b in spec.backbones))
-    counts["copied"] = copied
-    return counts
+    return int(sum(np.sum((outputs[b].pred == y) & (ens < 0)) for b in spec.backbones))
 
 
 def _tally(rows) -> dict:
@@ -131,85 +152,14 @@ def _write_csv(uri: str, rows: list[dict]) -> None:
     storage.write_bytes(uri, buf.getvalue().encode())
 
 
-# ---------------------------------------------------------------- plots (matplotlib Agg)
-
-def _figure():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _figure().close(fig)
-    return buf.getvalue()
-
-
-def plot_confusion(name: str, m: dict, classes) -> bytes:
-    plt = _figure()
-    counts, pct = np.array(m["confusion"]["counts"]), np.array(m["confusion"]["percent"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
-    cols = list(classes) + ["refer"]
-    ax.set_xticks(range(len(cols)), cols, rotation=30)
-    ax.set_yticks(range(len(classes)), classes)
-    for (i, j), v in np.ndenumerate(counts):
-        ax.text(j, i, f"{v}\n{pct[i, j]:.1f}%", ha="center", va="center", fontsize=8,
-                color="white" if pct[i, j] > 60 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"{name}: confusion matrix")
-    return _png(fig)
-
-
-def plot_roc(name: str, m: dict) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for c, r in m["roc"].items():
-        if r["auc"] is not None:
-            ax.plot(r["fpr"], r["tpr"], label=f"{c} (AUC {r['auc']:.4f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{name}: ROC (one-vs-rest)")
-    ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
-
-
-def plot_coverage_risk(models: dict) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for name, m in models.items():
-        cr = m["coverage_risk"]
-        ax.plot(cr["coverage"], cr["risk"], label=f"{name} (AURC {cr['aurc']:.4f})")
-    ax.set(xlabel="coverage (most confident first)", ylabel="risk (error rate among accepted)",
-           title="coverage–risk")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def plot_reliability(models: dict) -> bytes:
-    plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
-    for ax, when in zip(axes, ("before", "after")):
-        for name, m in models.items():
-            b = m["reliability"][when]
-            keep = np.array(b["count"]) > 0
-            e = m["ece_before_temperature"] if when == "before" else m["ece"]
-            ax.plot(np.array(b["confidence"])[keep], np.array(b["accuracy"])[keep], "o-", label=f"{name} (ECE {e:.4f})")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel="confidence", title=f"reliability {when} temperature scaling")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("accuracy")
-    return _png(fig)
-
-
-# ---------------------------------------------------------------- tables, markdown, HTML
+# ---------------------------------------------------------------- comparison.md, run details, the report
 
 def comparison_tables(doc: dict) -> list[tuple[str, list[str], list[list]]]:
-    """(title, headers, rows) of every table in comparison.md and report.html."""
+    """(title, headers, rows) of every table in comparison.md (report.html: evaluate.page)."""
     f = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
     keys = ("accuracy", "precision", "sensitivity", "specificity", "f1")
     models = [[name, m["n"], f(m["coverage"]), *(f(m["overall"][k]) for k in keys),
-               f(_macro_auc(m)), f"{m['ece_before_temperature']:.4f} → {m['ece']:.4f}"]
+               f(page.macro_auc(m)), f"{m['ece_before_temperature']:.4f} → {m['ece']:.4f}"]
               for name, m in doc["models"].items()]
     tables = [("Models on the test split", ["model", "n", "coverage", *keys, "macro AUC", "ECE before → after T"], models)]
     per_class = [[c, *(f(v[k]) for k in keys)] for c, v in doc["per_class"].items()]
@@ -218,15 +168,12 @@ def comparison_tables(doc: dict) -> list[tuple[str, list[str], list[list]]]:
           for r in doc["table3"]]
     if t3:
         tables.append(("Table 3: weight sets × γ (test split)", ["weights", "γ", "coverage", *keys], t3))
-    corr = doc.get("corrections") or {}
-    tables.append(("Corrections", ["kind", "rows", "images"],
-                   [[k, corr[k]["rows"], corr[k]["images"]] for k in KINDS if k in corr]))
+    corr, members = doc.get("corrections") or {}, doc["ensemble"]["backbones"]
+    kinds = (("corrected", "a network wrong, the ensemble right"), ("broken", "a network right, the ensemble wrong"))
+    tables.append(("Corrections (each image once)", ["kind", "images", *members],
+                   [[label, corr[k]["images"], *(corr[k]["by_backbone"].get(b, 0) for b in members)]
+                    for k, label in kinds if k in corr]))
     return tables
-
-
-def _macro_auc(m: dict):
-    aucs = [r["auc"] for r in m["roc"].values() if r["auc"] is not None]
-    return float(np.mean(aucs)) if aucs else None
 
 
 def markdown(doc: dict) -> str:
@@ -238,39 +185,68 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
-def html_report(doc: dict, images: dict[str, bytes]) -> str:
-    """One self-contained page: tables and the PNGs inlined as base64."""
-    e = html.escape
-    ens = doc["ensemble"]
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>alle_dist evaluation</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
-             "<h1>alle_dist evaluation (test split)</h1>",
-             f"<p>Ensemble {e(str(ens['backbones']))}, weights {e(str(ens['weights']))}, γ = {ens['gamma']:.3f}, "
-             f"temperatures {e(str(ens['temperatures']))}. n = {doc['n']}, coverage {doc['coverage']:.4f}.</p>"]
-    for title, headers, rows in comparison_tables(doc):
-        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in headers) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows]
-        parts.append("</table>")
-    for name, data in images.items():
-        parts.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(data).decode()}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def run_details(run_dir: str, doc: dict) -> dict:
+    """What the page prints above everything: when, from which data, which models, which code."""
+    from datetime import datetime, timezone
+
+    found = _manifest(run_dir)
+    details = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "run_dir": run_dir}
+    if found:
+        table, details["data_source"] = found
+        splits = [s for s, ok in zip(table.column("split").to_pylist(), table.column("status").to_pylist())
+                  if s and ok == schema.OK]
+        details["split_sizes"] = {s: splits.count(s) for s in schema.SPLITS if s in splits}
+    details["models"] = {name: _identity(run_dir, name) for name in doc["models"] if name != page.ENSEMBLE}
+    details["versions"] = versions()
+    return details
 
 
-def write_report(run_dir: str, doc: dict) -> dict[str, bytes]:
-    """The whole report under RUN/report/: the metrics, the PNGs, the comparison tables and the HTML page."""
+def versions() -> dict[str, str]:
+    """Versions of the code and the libraries that shape the numbers, for the run details."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("alle_dist", "torch", "timm", "numpy", "scikit-learn", "ray"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _identity(run_dir: str, name: str) -> dict:
+    """A model's identity from its meta.json: the model id (the weights' sha256 where there is none)."""
+    from ..models import preprocessing
+
+    try:
+        meta = storage.read_json(RunDir(run_dir).model(name).meta)
+    except (OSError, StorageError, ValueError) as exc:
+        return {"model id": f"unreadable meta.json ({storage.first_line(exc)})"}
+    try:
+        prep = preprocessing.read(meta)
+        size, seen = f"{prep.image_size} px", "HSV-segmented" if prep.segment else "original"
+    except (KeyError, TypeError, ValueError):
+        size = seen = "?"
+    return {"architecture": meta.get("architecture", "?"), "model id": meta.get("model_id") or meta.get("sha256", "?"),
+            "image size": size, "input": seen, "pretrained": meta.get("pretrained", "?"),
+            "trained with": _versions(meta.get("versions"))}
+
+
+def _versions(v) -> str:
+    return ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else "?"
+
+
+def write_report(run_dir: str, doc: dict, galleries: dict[str, list[dict]] | None = None) -> dict[str, bytes]:
+    """The whole report under RUN/report/: metrics.json, the plots as PNGs, comparison.md and report.html
+    (evaluate.page: the plots and the gallery images inlined). Returns {file name: PNG}."""
     root = report_dir(run_dir)
-    classes = list(doc["per_class"])
-    images = {"coverage_risk.png": plot_coverage_risk(doc["models"]),
-              "reliability.png": plot_reliability(doc["models"])}
-    for name, m in doc["models"].items():
-        images[f"confusion_{safe_name(name)}.png"] = plot_confusion(name, m, classes)
-        images[f"roc_{safe_name(name)}.png"] = plot_roc(name, m)
-    for name, data in images.items():
+    named = plots.plot_set(doc)
+    files = {f"{safe_name(stem)}.png": png for stem, _, png in named}
+    for name, data in files.items():
         storage.write_bytes(_inside(root, storage.join(root, name)), data)
     storage.write_json(storage.join(root, RunDir.METRICS), doc)
     storage.write_bytes(storage.join(root, RunDir.COMPARISON), markdown(doc).encode())
-    storage.write_bytes(storage.join(root, RunDir.REPORT_HTML), html_report(doc, images).encode())
-    return images
+    text = page.render(doc, run_details(run_dir, doc), {title: png for _, title, png in named}, galleries or {})
+    storage.write_bytes(storage.join(root, RunDir.REPORT_HTML), text.encode())
+    return files

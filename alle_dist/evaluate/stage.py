@@ -23,7 +23,7 @@ log = logging.getLogger("alle_dist.evaluate")
 
 def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
-    from . import report
+    from . import gallery, report
 
     run = RunDir(run_dir)
     spec = ensemble.load_spec(run_dir)
@@ -43,7 +43,7 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
            "table3": table3(data, spec), "models": models,
            "lineage": {"ensemble": ens_lineage.ensemble_sha256(run), **now}}
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
-    report.write_report(run_dir, doc)
+    report.write_report(run_dir, doc, gallery.build(run_dir, data, outputs, spec))
     return doc
 
 

@@ -1,19 +1,17 @@
-"""report.html in headless Chromium: every image loads, every section is there, the disclaimer is on the
-first screen, nothing overflows sideways; a full-page screenshot is kept (pytest tmp dir and
+"""report.html as the real evaluate stage writes it, in headless Chromium: every image loads, every section
+is there, the galleries show the test images with a Grad-CAM map per backbone, the disclaimer is on the
+first screen, nothing overflows sideways. A full-page screenshot is kept (pytest tmp dir and
 /tmp/report-screenshot.png).
 
-The page: a doc computed by alle_dist.evaluate on synthetic probabilities, the real plots, and galleries
-of synthetic smears with real Grad-CAM maps of two tiny timm models (test_resnet, test_efficientnet)
-standing in for the two members.
+The run: helpers_report.gallery_run (two tiny timm models, cached test probabilities that fill every
+gallery, a manifest over real smear images); `evaluate.stage.evaluate_run` does the rest.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import helpers_report as H
@@ -21,70 +19,17 @@ import helpers_report as H
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT_COPY = Path("/tmp/report-screenshot.png")
-SIZE = 128
-STAND_INS = {"densenet201": "test_resnet", "resnet50": "test_efficientnet"}
+N_TEST = 48
 
 
-def _fitted_model(name: str, seed: int):
-    """A tiny timm model whose classifier is fitted on synthetic smears: its Grad-CAM has real peaks."""
-    import torch
+def _evaluated_run(tmp: Path) -> Path:
+    """helpers_report.gallery_run through the real evaluate stage; returns RUN."""
+    from alle_dist.config import EvaluateConfig
+    from alle_dist.evaluate import stage
 
-    from alle_dist.models import registry as backbones
-    from alle_dist.models.predictor import to_model_input
-    from alle_dist.testing import synthetic
-
-    torch.manual_seed(seed)
-    model = backbones.create(name, 4, pretrained="none").eval()
-    rng = np.random.default_rng(seed)
-    y = np.arange(32) % 4
-    x = np.stack([synthetic.draw_smear(synthetic.CLASSES[c], rng, SIZE) for c in y])
-    mean, std = (torch.tensor(v) for v in backbones.normalisation(model))
-    with torch.no_grad():
-        feats = model.forward_head(model.forward_features(to_model_input(torch.from_numpy(x), SIZE, mean, std)),
-                                   pre_logits=True)
-    opt = torch.optim.Adam(model.get_classifier().parameters(), lr=1e-2)
-    for _ in range(40):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model.get_classifier()(feats), torch.from_numpy(y)).backward()
-        opt.step()
-    return model
-
-
-def _identity(model, name: str) -> dict:
-    from safetensors.torch import save
-
-    return {"architecture": name, "sha256": hashlib.sha256(save(model.state_dict())).hexdigest(),
-            "image size": f"{SIZE} px", "weights": "from scratch (test stand-in)"}
-
-
-def _report(tmp: Path) -> Path:
-    from alle_dist.testing import synthetic
-    from alle_dist.models import gradcam
-
-    page, plots = H.evaluate_module("page"), H.evaluate_module("plots")
-    data, _ = H.split(120, seed=0, baseline=False)
-    doc, out = H.doc_for(tmp, data, {}, H.spec(temperatures=H.fitted_temperatures(data)))
-    # The slots for other stages' results, filled so the page shows them as a user would see them.
-    doc["guarantees"] = [{"alpha": 0.01, "delta": 0.05, "n_calibration": 400, "bound": 0.0093, "observed": 0.0061}]
-    doc["control"] = "A model trained on the masked-out background alone: accuracy 0.2667 (chance 0.2500)."
-    ens = out[H.EV.ENSEMBLE]
-    sel = page.select(data.y, ens.pred, {b: out[b].pred for b in H.BACKBONES})
-    sel["referred"] = sel["referred"][:12]
-    models = {b: _fitted_model(n, k) for k, (b, n) in enumerate(STAND_INS.items())}
-    galleries = {}
-    for kind, idx in sel.items():
-        images = np.stack([synthetic.draw_smear(synthetic.CLASSES[data.y[i]], np.random.default_rng(i), 160)
-                           for i in idx]) if idx else np.zeros((0, 160, 160, 3), np.uint8)
-        cams = {b: gradcam.heatmaps(m, images, image_size=SIZE) for b, m in models.items()} if idx else {}
-        galleries[kind] = page.gallery_items(idx, images, data.paths, data.y, data.classes,
-                                             {b: out[b].probs for b in H.BACKBONES}, ens.probs, ens.reason, cams)
-    details = {"date": "2025-06-01 14:03 UTC", "run_dir": str(tmp / "run"),
-               "data_source": "synthetic smears (alle_dist.synthetic), seed 0",
-               "split_sizes": {"train": 1800, "validation": 200, "test": doc["n"]},
-               "models": {b: _identity(models[b], n) for b, n in STAND_INS.items()}, "versions": page.versions()}
-    path = tmp / "report.html"
-    path.write_text(page.render(doc, details, plots.all_plots(doc), galleries), encoding="utf-8")
-    return path
+    run = H.gallery_run(tmp, N_TEST)
+    stage.evaluate_run(str(run), EvaluateConfig())
+    return run
 
 
 @pytest.fixture
@@ -113,13 +58,20 @@ def _full_page_png(driver) -> bytes:
     return base64.b64decode(shot["data"])
 
 
-def test_report_renders_in_chromium(browser, tmp_path):
+def _gallery_pictures(driver, sid: str) -> list[int]:
+    """Images per gallery item of section `sid`."""
+    return driver.execute_script(
+        f"return Array.from(document.querySelectorAll('section#{sid} figure.item'))"
+        ".map(f => f.querySelectorAll('img').length)")
+
+
+def test_evaluate_report_renders_in_chromium(browser, tmp_path):
     from PIL import Image
     from selenium.webdriver.common.by import By
 
     page = H.evaluate_module("page")
-    path = _report(tmp_path)
-    browser.get(path.as_uri())
+    run = _evaluated_run(tmp_path)
+    browser.get((run / "report" / "report.html").as_uri())
     browser.execute_script("window.scrollTo(0, 0)")
 
     imgs = browser.execute_script(
@@ -128,11 +80,16 @@ def test_report_renders_in_chromium(browser, tmp_path):
     for sid, title in page.SECTIONS:
         heading = browser.find_element(By.CSS_SELECTOR, f"section#{sid} > h2")
         assert heading.is_displayed() and heading.text == title
+    for sid in ("corrected", "referred", "misclassified"):        # a thumbnail + one Grad-CAM per backbone
+        per_item = _gallery_pictures(browser, sid)
+        assert per_item and set(per_item) == {1 + len(H.MEMBERS)}, (sid, per_item)
     top, bottom, height = browser.execute_script(
         "const r = document.getElementById('disclaimer').getBoundingClientRect(); "
         "return [r.top, r.bottom, window.innerHeight]")
     assert 0 <= top < bottom <= height
     assert "Not a medical device" in browser.find_element(By.ID, "disclaimer").text
+    details = browser.find_element(By.ID, "details").text
+    assert all(s in details for s in (str(tmp_path / "src"), f"test {N_TEST}", "test_resnet", "torch"))
     plots = browser.execute_script("return Array.from(document.querySelectorAll('.plots img')).map(i => i.clientWidth)")
     assert min(plots) >= 500 and max(plots) >= 1100                # half and whole column: readable
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")

@@ -10,7 +10,7 @@ import pytest
 
 import helpers_report as H
 
-page = H.evaluate_module("page")
+page, gallery = H.evaluate_module("page"), H.evaluate_module("gallery")
 EVIL = "<script>alert(1)</script>.jpg"
 
 
@@ -45,13 +45,13 @@ def case(tmp_path_factory):
 
 def _galleries(data, out, cams: bool = False):
     ens = out[H.EV.ENSEMBLE]
-    sel = page.select(data.y, ens.pred, {b: out[b].pred for b in H.BACKBONES})
+    sel = gallery.select(data.y, ens.pred, {b: out[b].pred for b in H.BACKBONES})
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (len(data.y), 40, 40, 3), dtype=np.uint8)
     maps = {b: rng.random((len(data.y), 8, 8)).astype(np.float32) for b in H.BACKBONES} if cams else None
     if maps:
         maps["resnet50"][:] = 0.0                            # Grad-CAM's all-zero map: said so in the caption
-    return {k: page.gallery_items(idx, images[idx], data.paths, data.y, data.classes,
+    return {k: gallery.gallery_items(idx, images[idx], data.paths, data.y, data.classes,
                                   {b: out[b].probs for b in H.BACKBONES}, ens.probs, ens.reason,
                                   {b: m[idx] for b, m in maps.items()} if maps else None) for k, idx in sel.items()}
 
@@ -84,10 +84,10 @@ def test_referral_breakdown_counts_each_rule(case):
 def test_malicious_path_is_escaped(case, tmp_path):
     data, doc, out = case
     paths = list(data.paths)
-    i = page.select(data.y, out["ensemble"].pred, {b: out[b].pred for b in H.BACKBONES})["referred"][0]
+    i = gallery.select(data.y, out["ensemble"].pred, {b: out[b].pred for b in H.BACKBONES})["referred"][0]
     paths[i] = EVIL
     evil = H.SplitProbs(paths, data.y, data.classes, data.probs, data.ood, data.mask_fraction)
-    text = page.render(doc, {"data_source": f"s3://b/{EVIL}"}, {"<b>plot</b>": page.thumbnail_png(np.zeros((9, 9, 3)))},
+    text = page.render(doc, {"data_source": f"s3://b/{EVIL}"}, {"<b>plot</b>": gallery.thumbnail_png(np.zeros((9, 9, 3)))},
                        _galleries(evil, out))
     p = _Page(text)
     assert p.scripts == 0 and "<script>" not in text and "<b>plot" not in text
@@ -99,7 +99,7 @@ def test_each_corrected_image_once_with_every_model(case):
     gal = _galleries(data, out, cams=True)
     p = _Page(page.render(doc, {}, {}, gal))
     corrected = gal["corrected"]
-    assert len(corrected) == doc["corrections"]["fn_to_tp"]["images"] > 0
+    assert len(corrected) == doc["corrections"]["corrected"]["images"] > 0
     for it in corrected:
         assert p.text["corrected"].count(it["path"]) == 1
         assert [m[0] for m in it["members"]] == list(H.BACKBONES) and set(it["cams"]) == set(H.BACKBONES)
@@ -114,7 +114,7 @@ def test_select_counts_an_image_once_when_both_members_were_wrong():
     y = np.array([0, 1, 2, 3, 0])
     members = {"a": np.array([1, 1, 0, 3, 0]), "b": np.array([2, 0, 0, 3, 0])}
     ens = np.array([0, 1, -1, 2, 0])
-    assert page.select(y, ens, members) == {"corrected": [0, 1], "referred": [2], "misclassified": [3]}
+    assert gallery.select(y, ens, members) == {"corrected": [0, 1], "referred": [2], "misclassified": [3]}
 
 
 def test_notes_under_their_conditions(case):

@@ -1,6 +1,7 @@
 """Report files, correction images on a constructed case, and names that try to escape the report folder."""
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import os
@@ -33,8 +34,8 @@ def test_report_files_exist_and_pngs_decode(evaluated):
             im.load()
             assert im.width > 100 and im.height > 100
     page = (rep / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(pngs)
-    assert "src='http" not in page and "Table 3" in page
+    assert all(base64.b64encode((rep / p).read_bytes()).decode() in page for p in pngs)   # each plot inlined
+    assert "src='http" not in page and 'src="http' not in page and "Table 3" in page
     assert (rep / "comparison.md").stat().st_size > 0
 
 
@@ -52,8 +53,11 @@ def test_corrections_list_exactly_the_right_files(evaluated):
         ("../../evil.jpg", "fn_to_tp", "densenet201", "Early"), ("../../evil.jpg", "fp_to_tn", "densenet201", "Benign"),
         ("Pro/t3.jpg", "broken", "densenet201", "Pro")])
     assert {r["ensemble_pred"] for r in rows if r["path"] == "Pro/t3.jpg"} == {"Benign"}
-    c = doc["corrections"]
-    assert (c["fn_to_tp"]["images"], c["fp_to_tn"]["images"], c["broken"]["images"]) == (3, 3, 1)
+    images = {k: len({r["path"] for r in rows if r["kind"] == k}) for k in eval_report.KINDS}
+    assert images == {"fn_to_tp": 3, "fp_to_tn": 3, "broken": 1}
+    c = doc["corrections"]          # fn_to_tp and fp_to_tn are the same 3 images: counted once, not 3 + 3
+    assert (c["corrected"]["images"], c["broken"]["images"]) == (3, 1)
+    assert c["corrected"]["by_backbone"] == {"densenet201": 2, "resnet50": 1}
     assert c["referred_but_a_backbone_was_right"] == 2 and c["copied"] == 7
     # copied bytes are the source image's bytes
     assert (corr / "fn_to_tp" / "Early__t1.jpg").read_bytes() == (run.parent / "a/b/src/Early/t1.jpg").read_bytes()
@@ -71,3 +75,14 @@ def test_path_traversal_names_stay_inside(evaluated):
         target = os.path.realpath(os.path.join(rep, "corrections", "fn_to_tp", s))
         assert target.startswith(rep + os.sep)
     assert eval_report.safe_name("x" * 400 + ".jpg").endswith(".jpg") and len(eval_report.safe_name("x" * 400 + ".jpg")) <= 150
+
+
+def test_report_page_shows_the_images_and_the_run(evaluated):
+    """The galleries hold the test images themselves (no model files here: as stored, no Grad-CAM)."""
+    tmp, run, doc = evaluated
+    text = (run / "report" / "report.html").read_text()
+    corrected = text[text.index('<section id="corrected">'):text.index('<section id="referred">')]
+    for path in ("Early/t1.jpg", "Pre/t2.jpg", "../../evil.jpg"):                    # each once
+        assert corrected.count(f'alt="image {path}"') == 1
+    assert 'alt="image Pre/t6.jpg"' in text[text.index('<section id="referred">'):]
+    assert "Not a medical device" in text and str(tmp / "a" / "b" / "src") in text and "test 7" in text
