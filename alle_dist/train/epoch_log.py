@@ -1,0 +1,36 @@
+"""One line per epoch on the driver while Ray Train runs: epoch k/N, losses, accuracy, speed, ETA.
+
+Ray Train V2 calls a `ray.train.UserCallback` on its controller actor after every round of
+`ray.train.report`; `EpochLines` formats the line there and sends it to the driver through a
+`progress.Relay` (the driver is blocked in `fit()`).
+"""
+from __future__ import annotations
+
+from ray.train import UserCallback
+
+from ..progress import duration
+
+
+def epoch_line(backbone: str, m: dict, epochs: int, seconds_per_epoch: float) -> str:
+    left = epochs - int(m["epoch"])
+    eta = f", ETA {duration(left * seconds_per_epoch)}" if left > 0 else ""
+    return (f"{backbone}: epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.4f}  val loss "
+            f"{m['val_loss']:.4f}  val acc {m['val_acc']:.3f}  {m['train_images_per_s']:.0f} img/s{eta}")
+
+
+class EpochLines(UserCallback):
+    """Runs on the Train controller: rank 0's metrics of each epoch → one line on the driver."""
+
+    def __init__(self, queue, backbone: str, epochs: int):
+        self.queue, self.backbone, self.epochs = queue, backbone, epochs
+        self.seconds: list[float] = []
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if not metrics or "epoch" not in metrics[0]:
+            return
+        m = metrics[0]
+        self.seconds.append(float(m.get("seconds", 0.0)))
+        try:
+            self.queue.put_nowait(epoch_line(self.backbone, m, self.epochs, sum(self.seconds) / len(self.seconds)))
+        except Exception:  # noqa: BLE001 - a full or gone queue must never fail the training run
+            pass
