@@ -31,13 +31,21 @@ def duration(seconds: float) -> str:
     return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s" if s < 5400 else f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+def epoch_line(backbone: str, m: dict, epochs: int, seconds_per_epoch: float) -> str:
+    """Training's line per epoch (train.epoch_log): epoch k/N, losses, accuracy, speed, ETA."""
+    left = epochs - int(m["epoch"])
+    eta = f", ETA {duration(left * seconds_per_epoch)}" if left > 0 else ""
+    return (f"{backbone}: epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.4f}  val loss "
+            f"{m['val_loss']:.4f}  val acc {m['val_acc']:.3f}  {m['train_images_per_s']:.0f} img/s{eta}")
+
+
 class Progress:
     """A counter shown as a tqdm bar on a terminal, else as a log line every `interval_s`."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "img", interval_s: float = 10.0,
                  stream=None):
         self.desc, self.total, self.unit, self.interval_s = desc, total, unit, interval_s
-        self.done, self._t0, self.postfix = 0, time.monotonic(), ""
+        self.done, self._t0, self.postfix, self._logged = 0, time.monotonic(), "", -1
         self._last = self._t0
         stream = stream or sys.stderr
         enabled = log.isEnabledFor(logging.INFO)
@@ -57,7 +65,7 @@ class Progress:
                 self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(n)
         elif self._lines and time.monotonic() - self._last >= self.interval_s:
-            self._last = time.monotonic()
+            self._last, self._logged = time.monotonic(), self.done
             log.info("%s", self.line())
 
     def line(self) -> str:
@@ -77,7 +85,8 @@ class Progress:
             self._bar = None
         elif self._lines:
             self._lines = False
-            log.info("%s", self.line())
+            if self._logged != self.done:
+                log.info("%s", self.line())
 
     def __enter__(self) -> "Progress":
         return self

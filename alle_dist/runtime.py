@@ -76,7 +76,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Connect to RAY_ADDRESS (a submitted job, a cluster) or start a private local Ray.
 
     A local Ray listens on 127.0.0.1 only and has no dashboard: anyone who reaches Ray's ports can
-    run code (docs/security.md). Token authentication stays on (Ray's default, made explicit).
+    run code (docs/security.md). Token authentication stays on (Ray's default); only Ray's hint to
+    turn it off is dropped (_DropAdvice).
     """
     import ray
 
@@ -86,9 +87,6 @@ def init_ray(num_cpus: int | None = None) -> None:
             # Inside `ray job submit`: num_cpus may not be given when connecting.
             ray.init(log_to_driver=not quiet, logging_level=_ray_level)
         else:
-            # Ray turns token auth on for a new local cluster and then logs a hint to opt out;
-            # asking for it explicitly is the same setting without the hint.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
             # address="local" never attaches to a cluster some other `ray start` left behind.
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=not quiet, configure_logging=True, logging_level=_ray_level)

@@ -8,14 +8,7 @@ from __future__ import annotations
 
 from ray.train import UserCallback
 
-from ..progress import duration
-
-
-def epoch_line(backbone: str, m: dict, epochs: int, seconds_per_epoch: float) -> str:
-    left = epochs - int(m["epoch"])
-    eta = f", ETA {duration(left * seconds_per_epoch)}" if left > 0 else ""
-    return (f"{backbone}: epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.4f}  val loss "
-            f"{m['val_loss']:.4f}  val acc {m['val_acc']:.3f}  {m['train_images_per_s']:.0f} img/s{eta}")
+from ..progress import epoch_line
 
 
 class EpochLines(UserCallback):

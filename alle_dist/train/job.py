@@ -201,8 +201,11 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
                                      aug=None).select_columns(cols),
     }
     t0 = time.perf_counter()
+    log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", backbone,
+             cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
     result = fit(run, jcfg, backbone, classes, datasets)
     publish(result, out)
+    log.info("%s: scoring the train, val and test splits with the best model", backbone)
     meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
