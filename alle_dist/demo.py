@@ -12,6 +12,18 @@ import time
 from .io import storage
 from .rundir import RunDir
 
+def _run(stage: str, argv: list) -> None:
+    from .cli import get_args_parser, run_stage
+    from .errors import UsageError
+
+    print(f"\n=== alle-dist {stage} {' '.join(map(str, argv))}", flush=True)
+    t0 = time.time()
+    code = run_stage(stage, get_args_parser(stage).parse_args([str(a) for a in argv]))
+    if code:
+        raise UsageError(f"the {stage} stage failed (exit {code}); see its messages above")
+    print(f"=== {stage} done in {time.time() - t0:.0f} s", flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     from .runtime import init_ray
     from .testing.synthetic import generate
