@@ -40,3 +40,22 @@ def test_epoch_line():
     assert progress.epoch_line("resnet50", m, 10, 30.0) == ("resnet50: epoch 3/10  train loss 0.9123  val loss 0.8000  "
                                                     "val acc 0.733  412 img/s, ETA 3 min 30 s")
     assert progress.epoch_line("resnet50", {**m, "epoch": 10}, 10, 30.0).endswith("412 img/s")
+
+
+def test_ray_hint_to_disable_auth_is_dropped_other_warnings_kept(caplog):
+    from alle_dist import runtime
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        runtime.configure_logging(None)
+        token_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        with caplog.at_level(logging.WARNING):
+            token_log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled "
+                              "to opt out.")
+            token_log.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        assert [r.getMessage()[:33] for r in caplog.records] == ["Token authentication is disabled "]
+        assert logging.getLogger("alle_dist").level == logging.INFO and runtime.ray_is_quiet()
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
