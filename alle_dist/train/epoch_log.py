@@ -24,6 +24,8 @@ class EpochLines(UserCallback):
         m = metrics[0]
         self.seconds.append(float(m.get("seconds", 0.0)))
         try:
-            self.queue.put_nowait(epoch_line(self.backbone, m, self.epochs, sum(self.seconds) / len(self.seconds)))
+            # The first epoch of a run includes Ray Data's start-up: leave it out of the ETA once possible.
+            steady = self.seconds[1:] or self.seconds
+            self.queue.put_nowait(epoch_line(self.backbone, m, self.epochs, sum(steady) / len(steady)))
         except Exception:  # noqa: BLE001 - a full or gone queue must never fail the training run
             pass
