@@ -29,6 +29,11 @@ def configure_logging(level: str | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(_ray_level)
     log.setLevel(getattr(logging, level) if level else logging.INFO)
+    if ray_is_quiet():
+        # Tune's newer console output prints its experiment table and a results path (a temporary
+        # folder, deleted when the stage ends) even at verbose=0; the classic engine at verbose=0
+        # prints nothing. alle_dist shows trials itself (ensemble.tune.trial_progress).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _quiet_ray_loggers()
 
 

@@ -144,8 +144,10 @@ def search(data: probs_mod.SplitProbs, temperatures, cfg: config_mod.TuneConfig)
     try:
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=cfg.seed),
-                                        max_concurrent_trials=cfg.max_concurrent_trials),
+            # Tune ignores TuneConfig(max_concurrent_trials) with a BasicVariantGenerator (it warns so):
+            # the generator limits concurrency itself.
+            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(
+                random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials)),
             run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0,
                                       callbacks=[trial_progress(len(points), cfg.objective)]),
         )
