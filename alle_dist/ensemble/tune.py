@@ -231,7 +231,7 @@ def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | N
     extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
              "metrics": {"validation": metrics}, "trials": trials}
     ensemble.save_spec(run_dir, spec, **extra)
-    log.info("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
+    log.debug("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
     return {**ensemble.spec_doc(ensemble.load_spec(run_dir)), **extra}
 
 
@@ -254,6 +254,9 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.num_cpus)
     doc = run(args.run_dir, job.tune, data)
     config_mod.save_resolved(RunDir(args.run_dir).config("tune"), job, run_dir=args.run_dir)
-    print(f"{RunDir.ENSEMBLE}: weights={doc['weights']} gamma={doc['gamma']:.3f} "
-          f"val={doc['metrics']['validation']}")
+    val = doc["metrics"]["validation"]
+    weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))
+    print(f"{RunDir.ENSEMBLE}: weights {weights}, gamma {doc['gamma']:.3f}; validation n={val['n']} "
+          f"coverage {val['coverage']:.3f} accuracy {val['accuracy_referral_as_error']:.3f} "
+          f"→ {RunDir(args.run_dir).ensemble}")
     return 0
