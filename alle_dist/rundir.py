@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import StorageError
 from .io import storage
 
 
@@ -123,6 +124,21 @@ class RunDir:
         done = "/" + ModelDir(".").probs("test").rsplit("/", 1)[-1]
         return sorted({rel.split("/")[0] for rel, _ in storage.list_files(self.models_root)
                        if rel.endswith(done) and rel.count("/") == 1})
+
+    def check_ready(self, stage: str) -> None:
+        """Before `stage` (train, tune, evaluate) starts Ray: RUN exists and holds what the earlier
+        stages wrote, else a StorageError naming the first step that is missing."""
+        root = self.root
+        if not storage.exists(root):
+            raise StorageError(f"{root} does not exist; check --run-dir, or create it with "
+                               f"`alle-dist prepare --data SRC --run-dir {root}`")
+        if stage == "train" and not storage.exists(self.manifest):
+            raise StorageError(f"no manifest in {root}: run `alle-dist prepare --data SRC --run-dir {root}` first")
+        if stage in ("tune", "evaluate") and not self.trained_models():
+            first = "train" if storage.exists(self.manifest) else "prepare --data SRC"
+            raise StorageError(f"no trained models in {root}: run `alle-dist {first} --run-dir {root}` first")
+        if stage == "evaluate" and not storage.exists(self.ensemble):
+            raise StorageError(f"no {self.ENSEMBLE} in {root}: run `alle-dist tune --run-dir {root}` first")
 
     @property
     def report(self) -> str:

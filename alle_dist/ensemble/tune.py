@@ -31,7 +31,7 @@ from .rule import PAPER_GAMMAS, PAPER_WEIGHTS
 
 log = logging.getLogger("alle_dist.tune")
 
-OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
+OBJECTIVES = config_mod.TUNE_OBJECTIVES
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray, bounds=(0.5, 10.0)) -> float:
@@ -145,9 +145,12 @@ def search(data: probs_mod.SplitProbs, temperatures, cfg: config_mod.TuneConfig)
     try:
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=cfg.seed),
-                                        max_concurrent_trials=cfg.max_concurrent_trials),
-            run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0),
+            # Tune ignores TuneConfig(max_concurrent_trials) with a BasicVariantGenerator (it warns so):
+            # the generator limits concurrency itself.
+            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(
+                random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials)),
+            run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0,
+                                      callbacks=[trial_progress(len(points), cfg.objective)]),
         )
         with secrets_hidden_from_ray():
             results = tuner.fit()
@@ -158,6 +161,28 @@ def search(data: probs_mod.SplitProbs, temperatures, cfg: config_mod.TuneConfig)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [_keep(m, m["source"]) for m in metrics]
+
+
+def trial_progress(total: int, objective: str):
+    """A Tune callback (it runs on the driver): trials done / total and the best objective so far,
+    as a bar on a terminal or a line every few seconds in a log (alle_dist.progress)."""
+    from ray.tune import Callback
+
+    from ..progress import Progress
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.bar, self.best = Progress("tune: trials", total, unit="trial", interval_s=5), None
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            value = (trial.last_result or {}).get(objective)
+            self.best = value if self.best is None or (value is not None and value > self.best) else self.best
+            self.bar.update(1, postfix=f"best {objective} so far {self.best:.4f}" if self.best is not None else None)
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialProgress()
 
 
 def _keep(result: dict, source: str) -> dict:
@@ -209,32 +234,18 @@ def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | N
              "metrics": {"validation": metrics}, "trials": trials,
              "lineage": lineage.snapshot(RunDir(run_dir), cfg.backbones)}
     ensemble.save_spec(run_dir, spec, **extra)
-    log.info("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
+    log.debug("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
     return {**ensemble.spec_doc(ensemble.load_spec(run_dir)), **extra}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with models/<backbone>/")
-    p.add_argument("--backbones", default=None, help="comma-separated, in weight order (default densenet201,resnet50)")
-    p.add_argument("--objective", default=None, choices=OBJECTIVES)
-    p.add_argument("--min-coverage", type=float, default=None, help="validation coverage floor of the γ rule")
-    p.add_argument("--num-samples", type=int, default=None, help="random-search trials besides the paper's grid")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--tune-training", action="store_true",
-                   help="instead: tune the training lr and batch size by running the train stage inside Tune "
-                        "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
-    p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
-    p.add_argument("--training-samples", type=int, default=None, help="--tune-training: number of training runs")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
 
-    overrides = {"objective": args.objective, "min_coverage": args.min_coverage,
-                 "num_samples": args.num_samples, "seed": args.seed,
-                 "backbones": tuple(args.backbones.split(",")) if args.backbones else None}
-    overrides["training_samples"] = args.training_samples
-    job = config_mod.job_config(args.config, tune=overrides, train={"backbone": args.backbone})
+    # --backbone is train.backbone (for --tune-training); every other flag is a tune field.
+    job = config_mod.job_config(args.config, tune=config_mod.overrides(args, config_mod.TuneConfig),
+                                train={"backbone": args.backbone})
+    # A wrong RUN fails in a second, before Ray starts (--tune-training trains: it needs a manifest).
+    RunDir(args.run_dir).check_ready("train" if args.tune_training else "tune")
     if args.tune_training:
         from ..train.hyperparams import tune_training
 
@@ -246,6 +257,9 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.num_cpus)
     doc = run(args.run_dir, job.tune, data)
     config_mod.save_resolved(RunDir(args.run_dir).config("tune"), job, run_dir=args.run_dir)
-    print(f"{RunDir.ENSEMBLE}: weights={doc['weights']} gamma={doc['gamma']:.3f} "
-          f"val={doc['metrics']['validation']}")
+    val = doc["metrics"]["validation"]
+    weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))
+    print(f"{RunDir.ENSEMBLE}: weights {weights}, gamma {doc['gamma']:.3f}; validation n={val['n']} "
+          f"coverage {val['coverage']:.3f} accuracy {val['accuracy_referral_as_error']:.3f} "
+          f"→ {RunDir(args.run_dir).ensemble}")
     return 0

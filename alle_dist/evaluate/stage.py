@@ -47,16 +47,11 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     return doc
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
-    p.add_argument("--max-corrections-copied", type=int, default=None,
-                   help="copy at most this many correction images (the CSV lists all)")
-
-
 def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
 
-    job = config_mod.job_config(args.config, evaluate={"max_corrections_copied": args.max_corrections_copied})
+    job = config_mod.job_config(args.config, evaluate=config_mod.overrides(args, config_mod.EvaluateConfig))
+    RunDir(args.run_dir).check_ready("evaluate")   # a wrong RUN fails in a second, before Ray starts
     ensemble.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
     init_ray(args.num_cpus)
     doc = evaluate_run(args.run_dir, job.evaluate)

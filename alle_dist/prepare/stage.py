@@ -28,6 +28,7 @@ def build_manifest(src: str, seed: int, cfg: PrepareConfig,
     image as Ray Data tasks, and split. Needs Ray up."""
     import ray
 
+    from ..progress import iter_rows
     from ..runtime import cluster_cpus
 
     items = items if items is not None else list_labelled(src)
@@ -35,7 +36,8 @@ def build_manifest(src: str, seed: int, cfg: PrepareConfig,
     # A few blocks per task so a slow S3 object doesn't hold up the rest.
     ds = ray.data.from_items([{"path": p, "label": c} for p, c in items],
                              override_num_blocks=max(1, min(len(items), n_tasks * 4)))
-    out = ds.map_batches(check_batch, fn_kwargs={"source": src}, batch_size=64).take_all()
+    out = iter_rows(ds.map_batches(check_batch, fn_kwargs={"source": src}, batch_size=64),
+                    "prepare: reading + hashing", len(items))
     return manifest_table(out, src, seed, cfg)
 
 
@@ -82,18 +84,12 @@ def guard_existing(run: RunDir, table: pa.Table) -> bool:
     return False
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of <class>/<image> files")
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory (local or s3://) to write the manifest into")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: prepare.seed, 0)")
-    p.add_argument("--hash-workers", type=int, default=None, help="Ray Data tasks for read + hash (default: cluster CPUs)")
-
 
 def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    cfg = config.job_config(args.config, prepare={"seed": args.seed, "hash_workers": args.hash_workers})
+    cfg = config.job_config(args.config, prepare=config.overrides(args, PrepareConfig))
     src = storage.absolute(args.data)   # the manifest records where the images are, for every later stage
     items = list_labelled(src)  # before Ray starts: a bad source fails in a second
     init_ray(args.num_cpus)

@@ -142,21 +142,26 @@ def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, ma
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    from ..progress import Relay
+    from .epoch_log import EpochLines
+
     out, name = run.model(backbone), run_name(run.root, backbone)
     previous = latest_checkpoint_meta(out, name)
     if previous:
         lineage.check_trained_on(out, previous, manifest_id, backbone, run.root)
         log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
     fs, path = storage.resolve(out.checkpoints)
-    run_config = RunConfig(
-        name=name, storage_path=path, storage_filesystem=fs,
-        failure_config=FailureConfig(max_failures=jcfg.train.max_failures),
-        # Keep the best (lowest validation loss) and, always, the latest checkpoint.
-        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
-                                           checkpoint_score_order="min"))
-    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id),
-                           scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
-    return trainer.fit()
+    with Relay() as relay:   # one line per epoch on the driver (train.epoch_log)
+        run_config = RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=jcfg.train.max_failures),
+            # Keep the best (lowest validation loss) and, always, the latest checkpoint.
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            callbacks=[EpochLines(relay.queue, backbone, jcfg.train.epochs)])
+        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id),
+                               scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
+        return trainer.fit()
 
 
 def publish(result, out: ModelDir) -> dict:
@@ -202,30 +207,14 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
                                      aug=None).select_columns(cols),
     }
     t0 = time.perf_counter()
+    log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", backbone,
+             cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
     result = fit(run, jcfg, backbone, classes, datasets, manifest_id)
     publish(result, out)
+    log.info("%s: scoring the train, val and test splits with the best model", backbone)
     meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="prepared run directory (local or s3://)")
-    p.add_argument("--backbone", default=None, help=f"{', '.join(registry.ALL)}, 'all', or any timm model name")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="per worker (default 32)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's (224; AlexNet 227)")
-    p.add_argument("--workers", type=int, default=None, help="Train workers (default: one per GPU, else 2 CPU)")
-    p.add_argument("--gpus-per-worker", type=float, default=None)
-    p.add_argument("--pretrained", default=None, help=registry.PRETRAINED_HELP)
-    p.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint")
-    p.add_argument("--segmented", action=argparse.BooleanOptionalAction, default=None,
-                   help="train on HSV-segmented images (default) or on the originals")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on GPU")
-    p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -234,9 +223,8 @@ def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    keys = ("backbone", "epochs", "batch_size", "lr", "image_size", "workers", "gpus_per_worker", "pretrained",
-            "limit", "seed", "max_failures", "segmented", "compile")
-    jcfg = config.job_config(args.config, train={k: getattr(args, k) for k in keys})
+    jcfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig))
+    RunDir(args.run_dir).check_ready("train")   # a wrong RUN fails in a second, before Ray starts
     names = registry.expand(jcfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
         registry.check_pretrained(name, jcfg.train.pretrained)
