@@ -14,7 +14,8 @@ from .. import config as config_mod
 from ..ensemble import probs as probs_mod
 from ..ensemble import rule as ensemble
 from ..rundir import RunDir
-from .metrics import ENSEMBLE, model_metrics, model_outputs, table3
+from ..io import storage
+from .metrics import ENSEMBLE, control_summary, guarantee_rows, model_metrics, model_outputs, table3
 
 log = logging.getLogger("alle_dist.evaluate")
 
@@ -27,7 +28,9 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
-    for extra in sorted(set(RunDir(run_dir).trained_models()) - set(spec.backbones)):   # baselines: on their own rows
+    trained = set(RunDir(run_dir).trained_models()) - set(spec.backbones)
+    controls = sorted(b for b in trained if RunDir.CONTROL in b)     # shortcut controls: never a baseline
+    for extra in sorted(trained - set(controls)):   # baselines: on their own rows
         bd = probs_mod.load_probs(run_dir, [extra], "test")
         models[extra] = model_metrics(model_outputs(bd, None)[extra], bd.y, bd.classes)
     ens = models[ENSEMBLE]
@@ -36,9 +39,20 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
            "ensemble": {"backbones": list(spec.backbones), "weights": list(spec.weights), "gamma": spec.gamma,
                         "temperatures": list(spec.temperatures)},
            "table3": table3(data, spec), "models": models}
+    doc["guarantees"] = guarantee_rows(data, spec, storage.read_json(RunDir(run_dir).ensemble).get("guarantees"))
+    if controls:
+        doc["control"] = _control(run_dir, controls[0], models)
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
     report.write_report(run_dir, doc)
     return doc
+
+
+def _control(run_dir: str, name: str, models: dict) -> dict:
+    """The shortcut control's test accuracy beside its backbone's (train --control)."""
+    cd = probs_mod.load_probs(run_dir, [name], "test")
+    backbone = name.split(RunDir.CONTROL)[0]
+    real = (models.get(backbone) or models[ENSEMBLE])["overall"]["accuracy"]
+    return control_summary(backbone, cd.y, cd.probs[name].argmax(1), real)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

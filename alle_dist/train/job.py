@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from .. import config as config_mod
 from .. import schema
 from ..errors import ConfigError
 from ..io import storage
@@ -113,18 +114,19 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
         return model_files.read_checkpoint(d)[2]
 
 
-def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str) -> LoopConfig:
+def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str,
+                out: ModelDir | None = None) -> LoopConfig:
     """The worker's typed config: the recipe from jcfg.train, the preprocessing recorded in the meta."""
     cfg = jcfg.train
     size = cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
     prep = preprocessing.Preprocessing(size, mean, std, jcfg.segment if cfg.segmented else None)
     meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": cfg.pretrained,
-                                 "run_dir": run.root, "run_name": name,
+                                 "run_dir": run.root, "run_name": name, "control": cfg.control,
                                  "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}, prep)
     return LoopConfig(backbone=backbone, classes=tuple(classes), image_size=size, mean=tuple(mean), std=tuple(std),
                       pretrained=cfg.pretrained, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(run.model(backbone), name))
+                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(out or run.model(backbone), name))
 
 
 def _test_hooks(out: ModelDir, name: str) -> TestHooks:
@@ -135,12 +137,14 @@ def _test_hooks(out: ModelDir, name: str) -> TestHooks:
                      pause_s=float(os.environ.get(PAUSE_ENV, 0)))
 
 
-def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict):
-    """Run (or resume) the TorchTrainer of one backbone; returns the Ray Train Result."""
+def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, out: ModelDir | None = None):
+    """Run (or resume) the TorchTrainer of one backbone into `out` (default RUN/models/<backbone>);
+    returns the Ray Train Result."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    out, name = run.model(backbone), run_name(run.root, backbone)
+    out = out or run.model(backbone)
+    name = run_name(run.root, out.root.rstrip("/").rsplit("/", 1)[-1])    # the folder: a control resumes apart
     previous = latest_checkpoint_meta(out, name)
     if previous:
         log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
@@ -151,7 +155,7 @@ def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict):
         # Keep the best (lowest validation loss) and, always, the latest checkpoint.
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                            checkpoint_score_order="min"))
-    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name),
+    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, out),
                            scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
     return trainer.fit()
 
@@ -175,7 +179,7 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     from .posttrain import export_splits
 
     cfg, backbone, run = jcfg.train, jcfg.train.backbone, RunDir(run_dir)
-    out = run.model(backbone)
+    out = run.control_model(backbone, cfg.control) if cfg.control else run.model(backbone)
     if retrain and storage.exists(out.root):
         storage.delete(out.root)
     elif is_finished(out):
@@ -186,19 +190,24 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     balanced, record = balance.oversample(splits[schema.TRAIN], cfg.seed)
     storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
     config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), jcfg, run_dir=run.root, backbone=backbone)
-    seg = jcfg.segment if cfg.segmented else None
+    seg = jcfg.segment if cfg.segmented or cfg.control else None    # a control needs the mask it removes
     size = cfg.image_size or registry.default_image_size(backbone)
     cols = ["image", "label"]
     datasets = {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
         "train": augment.image_dataset(shuffled(balanced, cfg.seed), source, classes, image_size=size, seg=seg,
-                                       aug=jcfg.augment, seed=None).select_columns(cols),
+                                       aug=jcfg.augment, seed=None, control=cfg.control).select_columns(cols),
         "val": augment.image_dataset(splits[schema.VAL], source, classes, image_size=size, seg=seg,
-                                     aug=None).select_columns(cols),
+                                     aug=None, control=cfg.control).select_columns(cols),
     }
     t0 = time.perf_counter()
-    result = fit(run, jcfg, backbone, classes, datasets)
+    result = fit(run, jcfg, backbone, classes, datasets, out)
     publish(result, out)
-    meta = export_splits(out, splits, source, classes)
+    if cfg.control:
+        from .control import export_control
+
+        meta = export_control(out, splits, source, classes, seg, size, cfg.control)
+    else:
+        meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
 
@@ -219,7 +228,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmented", action=argparse.BooleanOptionalAction, default=None,
                    help="train on HSV-segmented images (default) or on the originals")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on GPU")
+    p.add_argument("--control", default=None, choices=config_mod.CONTROLS,
+                   help="shortcut control: train on the fields with the segmented cells removed, into "
+                        "RUN/models/<backbone>__control-background (evaluate reports it; tune never uses it)")
     p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
+
+
+def _out(run: RunDir, cfg) -> ModelDir:
+    return run.control_model(cfg.backbone, cfg.control) if cfg.control else run.model(cfg.backbone)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -229,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
 
     keys = ("backbone", "epochs", "batch_size", "lr", "image_size", "workers", "gpus_per_worker", "pretrained",
-            "limit", "seed", "max_failures", "segmented", "compile")
+            "limit", "seed", "max_failures", "segmented", "compile", "control")
     jcfg = config.job_config(args.config, train={k: getattr(args, k) for k in keys})
     names = registry.expand(jcfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
@@ -240,5 +256,5 @@ def main(args: argparse.Namespace) -> int:
         meta = train_backbone(args.run_dir, one, retrain=args.retrain)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
-              f"val_loss {best['val_loss']:.4f} → {RunDir(args.run_dir).model(name).root}")
+              f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), one.train).root}")
     return 0
