@@ -325,14 +325,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def guarantee_line(g: dict) -> str:
-    """One line for the terminal: what the image rule and the γ rule promise."""
-    img, sgr = g.get("image_rule") or {}, g["gamma_rule"]["sgr"]
-    if img.get("method", "quantile") == "quantile":
+    """One line for the terminal: what the image rule, the whole rule and the γ rule promise."""
+    img, sgr, whole = g.get("image_rule") or {}, g["gamma_rule"]["sgr"], g["whole_rule_validation"]
+    if not img:
+        first = "image rule off"
+    elif img["method"] == "quantile":
         first = "image rule: uncalibrated quantile (no guarantee)"
     else:
-        first = (f"image rule: ≤ {img['alpha_bound']:.4f} of in-distribution images referred at confidence "
+        first = (f"image rule refers ≤ {img['alpha_bound']:.4f} of in-distribution images at confidence "
                  f"{g['confidence']} (n_val={img['n_val']}, n_oof={img['n_oof']})")
-    risk = (f"SGR certifies risk ≤ {sgr['risk_bound']:.4f} at γ ≥ {sgr['threshold']:.3f} (coverage "
-            f"{sgr['coverage']:.3f})" if sgr["feasible"] else
-            f"SGR: no γ certifies risk ≤ {sgr['target_risk']} (best bound {sgr['risk_bound']:.3f})")
-    return f"guarantees: {first}; {risk}"
+    risk = (f"SGR: error rate ≤ {sgr['risk_bound']:.4f} among accepted at γ ≥ {sgr['threshold']:.3f} "
+            f"(coverage {sgr['coverage']:.3f})" if sgr["feasible"] else
+            f"SGR: no γ certifies an error rate ≤ {sgr['target_risk']} (best bound {sgr['risk_bound']:.3f})")
+    return (f"guarantees: {first}; whole rule on validation {whole['rate']:.4f} referred (≤ {whole['upper']:.4f}, "
+            f"optimistic); {risk}")

@@ -55,6 +55,17 @@ def _control(run_dir: str, name: str, models: dict) -> dict:
     return control_summary(backbone, cd.y, cd.probs[name].argmax(1), real)
 
 
+def _guarantee_lines(doc: dict) -> list[str]:
+    fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"  {r['name']}: {fmt(r['observed'])} of n={r['n']}, bound {fmt(r['bound'])} ({r['basis']})"
+             f"{' VIOLATED' if r['violated'] else ''}" for r in doc.get("guarantees") or []]
+    c = doc.get("control")
+    if c:
+        lines.append(f"  shortcut control {c['backbone']}: accuracy {c['accuracy']:.4f}, chance {c['chance']:.4f}, "
+                     f"{c['backbone']} {fmt(c['real_accuracy'])}: {c['reading']}")
+    return lines
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
     p.add_argument("--max-corrections-copied", type=int, default=None,
@@ -72,4 +83,6 @@ def main(args: argparse.Namespace) -> int:
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")
+    for line in _guarantee_lines(doc):
+        print(line)
     return 0
