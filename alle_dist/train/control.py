@@ -30,7 +30,7 @@ def predict_split(predictor: Predictor, rows: pa.Table, source: str, classes: li
                           "mask_fraction": pa.array([], pa.float32())})
         return probs_table(empty, classes, np.zeros((0, len(classes))), np.zeros(0), np.zeros(0))
     ds = augment.image_dataset(rows, source, classes, image_size=image_size, seg=seg, aug=None, control=kind)
-    parts = [(b["path"], b["label"], b["mask_fraction"], predictor(b["image"])["probs"])
+    parts = [(b["path"], b["label"], b["mask_fraction"], predictor(np.array(b["image"]))["probs"])   # a writable copy for torch
              for b in ds.iter_batches(batch_size=64, batch_format="numpy")]
     paths, labels, fracs, probs = (np.concatenate(c) for c in zip(*parts))
     table = pa.table({"path": pa.array(paths.tolist(), pa.string()), "label": pa.array(labels, pa.int64()),
