@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import (ClassifyConfig, EvaluateConfig, PrepareConfig, SegmentConfig, TrainConfig, TuneConfig,
+from .config import (CONTROLS, ClassifyConfig, EvaluateConfig, PrepareConfig, SegmentConfig, TrainConfig, TuneConfig,
                      TUNE_OBJECTIVES, add_flags)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -61,7 +61,9 @@ def train(p: argparse.ArgumentParser) -> None:
         "max_failures": "worker-group restarts from the last checkpoint",
         "segmented": "train on HSV-segmented images or on the originals",
         "compile": "torch.compile on GPU",
-    })
+        "control": "shortcut control: train on the fields with the segmented cells removed, into "
+                   "RUN/models/<backbone>__control-background (evaluate reports it; tune never uses it)",
+    }, extra={"control": {"choices": CONTROLS}})
     p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
 
 
@@ -74,11 +76,23 @@ def tune(p: argparse.ArgumentParser) -> None:
         "num_samples": "random-search trials besides the paper's grid", "seed": "",
         "training_samples": "--tune-training: number of training runs",
     }, extra={"objective": {"choices": TUNE_OBJECTIVES}})
+    p.add_argument("--referral-rate", type=_rate, default=None, metavar="ALPHA",
+                   help="image rule: at most ALPHA of in-distribution images referred (default 0.01; "
+                        "'none': the uncalibrated tune.image_quantile)")
+    p.add_argument("--confidence", type=float, default=None, metavar="1-DELTA",
+                   help="probability the referral-rate and risk bounds hold (default 0.95)")
+    p.add_argument("--selective-risk", type=float, default=None, metavar="R",
+                   help="set γ by SGR: error rate among accepted validation images ≤ R at --confidence")
     p.add_argument("--tune-training", action="store_true",
                    help="instead: tune the training lr and batch size by running the train stage inside Tune "
                         "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
     # Sets train.backbone (tune's own --seed is tune.seed): see ensemble.tune.main.
     p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
+
+
+def _rate(text: str):
+    """--referral-rate: a float, or 'none' (no guarantee: the uncalibrated quantile)."""
+    return "none" if text.lower() == "none" else float(text)
 
 
 def evaluate(p: argparse.ArgumentParser) -> None:

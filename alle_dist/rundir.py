@@ -3,6 +3,7 @@
     RUN/manifest.parquet            prepare: the catalogue and the split
     RUN/prepare_config.yaml
     RUN/models/<backbone>/          train: one ModelDir per backbone (see ModelDir)
+    RUN/models/<backbone>__control-background/   train --control background (a shortcut control)
     RUN/ensemble.json               tune: weights, γ, temperatures, referral rule
     RUN/tune_config.yaml
     RUN/tune_training.json          tune --tune-training: the best training setting
@@ -74,6 +75,7 @@ class RunDir:
     MODELS = "models"
     REPORT = "report"
     TUNE_TRAINING = "tune_training"
+    CONTROL = "__control-"
     # Inside RUN/report/:
     METRICS = "metrics.json"
     REPORT_HTML = "report.html"
@@ -116,6 +118,10 @@ class RunDir:
         fs, base = storage.resolve(self.models_root)
         return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(base))
                       if i.type == pafs.FileType.Directory)
+
+    def control_model(self, backbone: str, kind: str) -> ModelDir:
+        """RUN/models/<backbone>__control-<kind>/: a shortcut control (train --control), never tuned on."""
+        return self.model(f"{backbone}{self.CONTROL}{kind}")
 
     def trained_models(self) -> list[str]:
         """Backbones under RUN/models that have a test_probs.parquet (every finished one)."""

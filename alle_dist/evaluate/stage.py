@@ -16,7 +16,7 @@ from ..ensemble import probs as probs_mod
 from ..ensemble import rule as ensemble
 from ..io import storage
 from ..rundir import RunDir
-from .metrics import ENSEMBLE, model_metrics, model_outputs, table3
+from .metrics import ENSEMBLE, control_summary, guarantee_rows, model_metrics, model_outputs, table3
 
 log = logging.getLogger("alle_dist.evaluate")
 
@@ -31,8 +31,11 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
-    for extra in sorted(set(run.trained_models()) - set(spec.backbones)):   # baselines: on their own rows
-        now["models"].update(ens_lineage.snapshot(run, [extra])["models"])   # trained on this split too
+    trained = set(run.trained_models()) - set(spec.backbones)
+    controls = sorted(b for b in trained if RunDir.CONTROL in b)     # shortcut controls: never a baseline
+    for name in sorted(trained):   # baselines and controls were trained on this split too
+        now["models"].update(ens_lineage.snapshot(run, [name])["models"])
+    for extra in sorted(trained - set(controls)):   # baselines: on their own rows
         bd = probs_mod.load_probs(run_dir, [extra], "test")
         models[extra] = model_metrics(model_outputs(bd, None)[extra], bd.y, bd.classes)
     ens = models[ENSEMBLE]
@@ -42,9 +45,37 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
                         "temperatures": list(spec.temperatures)},
            "table3": table3(data, spec), "models": models,
            "lineage": {"ensemble": ens_lineage.ensemble_sha256(run), **now}}
+    doc["guarantees"] = guarantee_rows(data, spec, storage.read_json(run.ensemble).get("guarantees"))
+    if controls:
+        doc["control"] = _control(run_dir, controls[0], models)
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
     report.write_report(run_dir, doc, gallery.build(run_dir, data, outputs, spec))
     return doc
+
+
+def _control(run_dir: str, name: str, models: dict) -> dict:
+    """The shortcut control's test accuracy beside its backbone's (train --control)."""
+    cd = probs_mod.load_probs(run_dir, [name], "test")
+    backbone = name.split(RunDir.CONTROL)[0]
+    real = (models.get(backbone) or models[ENSEMBLE])["overall"]["accuracy"]
+    return control_summary(backbone, cd.y, cd.probs[name].argmax(1), real)
+
+
+def _guarantee_lines(doc: dict) -> list[str]:
+    fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"  {r['name']}: {fmt(r['observed'])} of n={r['n']}, bound {fmt(r['bound'])} ({r['basis']})"
+             f"{' VIOLATED' if r['violated'] else ''}" for r in doc.get("guarantees") or []]
+    c = doc.get("control")
+    if c:
+        lines.append(f"  shortcut control {c['backbone']}: accuracy {c['accuracy']:.4f}, chance {c['chance']:.4f}, "
+                     f"{c['backbone']} {fmt(c['real_accuracy'])}: {c['reading']}")
+    return lines
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
+    p.add_argument("--max-corrections-copied", type=int, default=None,
+                   help="copy at most this many correction images (the CSV lists all)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,4 +90,6 @@ def main(args: argparse.Namespace) -> int:
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")
+    for line in _guarantee_lines(doc):
+        print(line)
     return 0

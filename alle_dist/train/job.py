@@ -113,7 +113,8 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
         return model_files.read_checkpoint(d)[2]
 
 
-def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str, manifest_id: str) -> LoopConfig:
+def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str, manifest_id: str,
+                out: ModelDir | None = None) -> LoopConfig:
     """The worker's typed config: the recipe from jcfg.train; the preprocessing and the manifest it is
     trained on (lineage) recorded in the meta every checkpoint carries."""
     cfg = jcfg.train
@@ -122,10 +123,11 @@ def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str,
     prep = preprocessing.Preprocessing(size, mean, std, jcfg.segment if cfg.segmented else None)
     meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": cfg.pretrained,
                                  "run_dir": run.root, "run_name": name, "lineage": {"manifest": manifest_id},
+                                 "control": cfg.control,
                                  "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}, prep)
     return LoopConfig(backbone=backbone, classes=tuple(classes), image_size=size, mean=tuple(mean), std=tuple(std),
                       pretrained=cfg.pretrained, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(run.model(backbone), name))
+                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(out or run.model(backbone), name))
 
 
 def _test_hooks(out: ModelDir, name: str) -> TestHooks:
@@ -136,16 +138,18 @@ def _test_hooks(out: ModelDir, name: str) -> TestHooks:
                      pause_s=float(os.environ.get(PAUSE_ENV, 0)))
 
 
-def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str):
-    """Run (or resume) the TorchTrainer of one backbone; returns the Ray Train Result. A checkpoint
-    made from another manifest is refused, not resumed."""
+def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str,
+        out: ModelDir | None = None):
+    """Run (or resume) the TorchTrainer of one backbone into `out` (default RUN/models/<backbone>);
+    returns the Ray Train Result. A checkpoint made from another manifest is refused, not resumed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from ..progress import Relay
     from .epoch_log import EpochLines
 
-    out, name = run.model(backbone), run_name(run.root, backbone)
+    out = out or run.model(backbone)
+    name = run_name(run.root, out.root.rstrip("/").rsplit("/", 1)[-1])    # the folder: a control resumes apart
     previous = latest_checkpoint_meta(out, name)
     if previous:
         lineage.check_trained_on(out, previous, manifest_id, backbone, run.root)
@@ -159,7 +163,7 @@ def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, ma
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
             callbacks=[EpochLines(relay.queue, backbone, jcfg.train.epochs)])
-        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id),
+        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id, out),
                                scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
         return trainer.fit()
 
@@ -183,7 +187,7 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     from .posttrain import export_splits
 
     cfg, backbone, run = jcfg.train, jcfg.train.backbone, RunDir(run_dir)
-    out = run.model(backbone)
+    out = _out(run, cfg)
     table, source, classes = read_manifest(run)    # checks the manifest's identity
     manifest_id = table.schema.metadata[schema.META_MANIFEST_ID].decode()
     if retrain and storage.exists(out.root):
@@ -197,24 +201,33 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     balanced, record = balance.oversample(splits[schema.TRAIN], cfg.seed)
     storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
     config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), jcfg, run_dir=run.root, backbone=backbone)
-    seg = jcfg.segment if cfg.segmented else None
+    seg = jcfg.segment if cfg.segmented or cfg.control else None    # a control needs the mask it removes
     size = cfg.image_size or registry.default_image_size(backbone)
     cols = ["image", "label"]
     datasets = {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
         "train": augment.image_dataset(shuffled(balanced, cfg.seed), source, classes, image_size=size, seg=seg,
-                                       aug=jcfg.augment, seed=None).select_columns(cols),
+                                       aug=jcfg.augment, seed=None, control=cfg.control).select_columns(cols),
         "val": augment.image_dataset(splits[schema.VAL], source, classes, image_size=size, seg=seg,
-                                     aug=None).select_columns(cols),
+                                     aug=None, control=cfg.control).select_columns(cols),
     }
     t0 = time.perf_counter()
     log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", backbone,
              cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
-    result = fit(run, jcfg, backbone, classes, datasets, manifest_id)
+    result = fit(run, jcfg, backbone, classes, datasets, manifest_id, out)
     publish(result, out)
     log.info("%s: scoring the train, val and test splits with the best model", backbone)
-    meta = export_splits(out, splits, source, classes)
+    if cfg.control:
+        from .control import export_control
+
+        meta = export_control(out, splits, source, classes, seg, size, cfg.control)
+    else:
+        meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
+
+
+def _out(run: RunDir, cfg) -> ModelDir:
+    return run.control_model(cfg.backbone, cfg.control) if cfg.control else run.model(cfg.backbone)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -234,5 +247,5 @@ def main(args: argparse.Namespace) -> int:
         meta = train_backbone(args.run_dir, one, retrain=args.retrain)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
-              f"val_loss {best['val_loss']:.4f} → {RunDir(args.run_dir).model(name).root}")
+              f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), one.train).root}")
     return 0
