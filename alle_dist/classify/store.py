@@ -256,7 +256,7 @@ class ResultStore:
         concurrent commit (see the module docstring); StorageError after `max_attempts`.
         """
         from deltalake import CommitProperties
-        from deltalake.exceptions import CommitFailedError
+        from deltalake.exceptions import CommitFailedError, DeltaError
 
         self._require_open()
         batch = self._conform(batch)
@@ -270,7 +270,7 @@ class ResultStore:
             except CommitFailedError:
                 self.conflicts += 1
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-            except OSError as exc:   # disk full, network after the client's retries: nothing committed
+            except (OSError, DeltaError) as exc:   # disk full, network after the client's retries: nothing committed
                 raise StorageError(f"{self.uri}: commit failed ({storage.first_line(exc)}); nothing of this "
                                    "batch was committed; fix the cause and rerun") from None
         raise StorageError(f"{self.uri}: {self.max_attempts} commits in a row conflicted with concurrent "
