@@ -181,7 +181,8 @@ def _flush_quietly(committer: Committer) -> None:
 
 def _finish(job: Job, committer: Committer, status: str, **extra) -> None:
     """Record the outcome; a store that can't take the record (disk full) costs a warning, not the error."""
-    job.run.update(job.counts, committed=committer.committed, duplicates=job.counts["duplicates"] + committer.duplicates, status=status, finished_at=utc_now(), commits=committer.commits,
+    job.counts.update(committed=committer.committed, duplicates=job.counts["duplicates"] + committer.duplicates)
+    job.run.update(job.counts, status=status, finished_at=utc_now(), commits=committer.commits,
                    conflicts=job.store.conflicts, skipped_names=dict(job.listing.skipped), **extra)
     try:
         job.store.record_run(job.run)

@@ -13,6 +13,7 @@ as float32 bytes per row (`pack_rows` / `unpack_rows`).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,10 @@ def read_input(uri: str) -> bytes:
     credentials or the bucket policy are wrong for every file, so it fails the job (StorageError).
     """
     try:
-        return storage.read_bytes(storage.from_uri(uri))
+        if uri.startswith("file://"):   # Python's open takes any name, also one that is not UTF-8
+            with open(os.fsencode(storage.uri_to_path(uri)), "rb") as f:
+                return f.read()
+        return storage.read_bytes(uri)
     except FileNotFoundError:
         raise InputError("vanished between listing and reading (not found)") from None
     except OSError as exc:
