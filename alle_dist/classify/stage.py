@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .. import config
+    from ..errors import StorageError
+    from ..io import storage
     from ..runtime import init_ray
     from .run import execute, prepare
 
@@ -35,8 +37,13 @@ def main(args: argparse.Namespace) -> int:
     # Every user error (DST, models, SRC, no images) surfaces here, before Ray starts.
     job = prepare(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
                   start_ray=lambda: init_ray(args.num_cpus))
-    config.save_resolved(job.store.side_path("classify_config.yaml"), job_cfg, run_dir=args.run_dir,
-                         input=args.input, input_list=args.input_list, output=args.output, run_id=job.run["run_id"])
+    where = job.store.side_path("classify_config.yaml")
+    try:
+        config.save_resolved(where, job_cfg, run_dir=args.run_dir, input=args.input, input_list=args.input_list,
+                             output=args.output, run_id=job.run["run_id"])
+    except OSError as exc:   # e.g. a full disk: before any work, one line
+        raise StorageError(f"{where}: can't be written ({storage.first_line(exc)}); free space or fix the "
+                           "permissions, then rerun") from None
     print(f"classify: run {job.run['run_id']} → {job.store.uri}", file=sys.stderr)
     try:
         problems = execute(job)

@@ -307,8 +307,14 @@ class ResultStore:
         row = {"run_id": str(rec["run_id"]), "status": str(rec["status"]), "who": rec["who"],
                "recorded_at": dt.datetime.fromisoformat(rec["at"]), "model_sha256": rec["model_sha256"],
                "record": json.dumps(rec, sort_keys=True, default=str)}
-        write_deltalake(self._runs_uri(), pa.Table.from_pylist([row], schema=RUNS_SCHEMA), mode="append",
-                        storage_options=self.options)
+        from deltalake.exceptions import DeltaError
+
+        try:
+            write_deltalake(self._runs_uri(), pa.Table.from_pylist([row], schema=RUNS_SCHEMA), mode="append",
+                            storage_options=self.options)
+        except (OSError, DeltaError) as exc:   # disk full, network: one line, like a failed commit
+            raise StorageError(f"{self.uri}: the run record could not be written ({storage.first_line(exc)}); "
+                               "fix the cause and rerun") from None
 
     def runs(self) -> list[dict]:
         """Each run's latest record (a dict, with `status` and `at`), in order of first record."""
