@@ -67,12 +67,12 @@ def uris_pandas(dst) -> Counter:
 def uris_polars(dst) -> Counter:
     import polars as pl
 
-    return Counter(pl.read_delta(str(dst), columns=["uri"])["uri"].to_list())
+    store = ResultStore(str(dst))   # on S3: the endpoint and region (never a key) as storage options
+    return Counter(pl.read_delta(store.uri, storage_options=store.options, columns=["uri"])["uri"].to_list())
 
 
 def runs(dst) -> dict:
     store = ResultStore(str(dst))
-    store.model_sha256 = None
     return {r["run_id"]: r["status"] for r in store.runs()}
 
 
@@ -111,8 +111,10 @@ def _input_list(path: Path, uris) -> str:
 
 
 @pytest.mark.slow
-def test_two_jobs_into_one_table_at_once_lose_and_duplicate_nothing(run_dir, tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_jobs_into_one_table_at_once_lose_and_duplicate_nothing(where, run_dir, tmp_path, request):
+    src = tmp_path / "src"
+    dst = tmp_path / "dst" if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/dst"
     write_images(src, 36, size=32)
     uris = sorted(all_uris(src))
     lists = [_input_list(tmp_path / "a.parquet", uris[:24]), _input_list(tmp_path / "b.parquet", uris[12:])]
