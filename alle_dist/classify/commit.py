@@ -33,15 +33,19 @@ class Committer:
         if self._buffered >= self.rows or (self._buffered and self.clock() - self._since >= self.seconds):
             self.flush()
 
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
     def flush(self) -> None:
         """Commit what is buffered (one MERGE); nothing when the buffer is empty."""
         self._since = self.clock()
         if not self._buffered:
             return
         batch = first_per_uri(pa.concat_tables(self._buf))
+        metrics = self.store.upsert(batch, {**self.run, "commit": self.commits})   # kept buffered if it fails
         self.duplicates += self._buffered - batch.num_rows
         self._buf, self._buffered = [], 0
-        metrics = self.store.upsert(batch, {**self.run, "commit": self.commits})
         self.commits += 1
         self.committed += int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
 
@@ -52,4 +56,4 @@ def first_per_uri(table: pa.Table) -> pa.Table:
         return table
     idx = table.append_column("__i", pa.array(range(table.num_rows), pa.int64()))
     first = idx.group_by("uri", use_threads=False).aggregate([("__i", "min")]).column("__i_min")
-    return table.take(pc.sort_indices(first))
+    return table.take(first.take(pc.array_sort_indices(first)))   # the first rows, in input order

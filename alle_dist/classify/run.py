@@ -175,7 +175,7 @@ def _flush_quietly(committer: Committer) -> None:
     try:
         committer.flush()
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the run is being recorded as interrupted
-        print(f"classify: the last {committer._buffered} rows were not committed ({storage.first_line(exc)})",
+        print(f"classify: the last {committer.buffered} rows were not committed ({storage.first_line(exc)})",
               file=sys.stderr)
 
 

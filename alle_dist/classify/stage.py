@@ -25,15 +25,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .. import config
-    from ..errors import StorageError
-    from ..io import storage
-    from ..runtime import init_ray
-    from .run import execute, prepare
 
     overrides = {"batch_size": args.batch_size, "gpus": args.gpus, "cpu_workers": args.cpu_workers,
                  "decode_tasks": args.decode_tasks, "commit_rows": args.commit_rows,
                  "commit_seconds": args.commit_seconds, "verify_sha256": False if args.trust_size else None}
     job_cfg = config.job_config(args.config, classify=overrides)
+    try:
+        return _run(args, job_cfg)
+    except KeyboardInterrupt:   # before the run started: nothing to record
+        print("classify: interrupted before any work; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, job_cfg) -> int:
+    from .. import config
+    from ..errors import StorageError
+    from ..io import storage
+    from ..runtime import init_ray
+    from .run import execute, prepare
+
     # Every user error (DST, models, SRC, no images) surfaces here, before Ray starts.
     job = prepare(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
                   start_ray=lambda: init_ray(args.num_cpus))
