@@ -164,8 +164,11 @@ class ResultStore:
         import boto3
         import botocore.exceptions
 
-        s3 = boto3.client("s3", endpoint_url=self.options.get("AWS_ENDPOINT_URL"),
-                          region_name=self.options["AWS_REGION"])
+        from botocore.config import Config
+
+        # Standard retries (10 attempts) ride out throttling (503 SlowDown), as the listing's client does.
+        s3 = boto3.client("s3", endpoint_url=self.options.get("AWS_ENDPOINT_URL"), region_name=self.options["AWS_REGION"],
+                          config=Config(retries={"max_attempts": 10, "mode": "standard"}))
         try:   # one request, however many objects a mistaken prefix holds
             res = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else "", MaxKeys=1)
         except botocore.exceptions.ClientError as exc:
