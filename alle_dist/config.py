@@ -201,12 +201,16 @@ class ClassifyConfig:
     decode_tasks: int | None = None    # concurrent read + decode tasks; None = as many as CPUs allow
     read_cpus: float = 0.5             # CPUs per read + decode task (< 1: reads wait on I/O too)
     max_pixels: int = 50_000_000       # larger images are refused before a full decode
-    rows_per_file: int = 100_000       # result rows per Parquet part (the driver buffers one part)
+    commit_rows: int = 50_000          # result rows per commit to DST (the driver buffers one commit)
+    commit_seconds: float = 60.0       # ... or commit what is buffered once this much time has passed
+    wave_rows: int = 200_000           # inputs to read per Ray Data pass (the driver holds one wave's plan)
     verify_sha256: bool = True         # a rerun re-reads path+size matches to confirm their sha256
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"classify.batch_size={self.batch_size}: must be >= 1")
-        _check(self.rows_per_file >= 1, f"classify.rows_per_file={self.rows_per_file}: must be >= 1")
+        for name in ("commit_rows", "wave_rows"):
+            _check(getattr(self, name) >= 1, f"classify.{name}={getattr(self, name)}: must be >= 1")
+        _check(self.commit_seconds > 0, f"classify.commit_seconds={self.commit_seconds}: must be > 0")
         _check(0 < self.read_cpus <= 64, f"classify.read_cpus={self.read_cpus}: must be in (0, 64]")
         _check(self.max_pixels >= 1, f"classify.max_pixels={self.max_pixels}: must be >= 1")
         for name in ("gpus", "cpu_workers", "decode_tasks"):

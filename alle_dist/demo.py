@@ -47,10 +47,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def summary(run: str, out: str, seconds: float) -> str:
-    from .classify.parts import read_results
+    from deltalake import DeltaTable
+
+    from .classify.store import ResultStore
 
     metrics = storage.read_json(RunDir(run).report_file(RunDir.METRICS))
-    rows = read_results(out)
+    store = ResultStore(out)   # a plain Delta table: any Delta reader sees the current rows
+    rows = DeltaTable(store.uri, storage_options=store.options).to_pyarrow_table(columns=["status", "refer"])
     ok = [r for r in rows.column("status").to_pylist() if r == "ok"]
     referred = sum(bool(r) for r in rows.column("refer").to_pylist() if r is not None)
     lines = [
@@ -62,7 +65,7 @@ def summary(run: str, out: str, seconds: float) -> str:
         f"  classified images           {rows.num_rows} ({len(ok)} ok), referred {referred} "
         f"({referred / max(len(ok), 1):.1%})",
         f"  report                      {RunDir(run).report_file(RunDir.REPORT_HTML)}",
-        f"  classification Parquet      {out}",
+        f"  classification table        {out} (Delta Lake, one row per image uri)",
         f"  pipeline time               {seconds:.0f} s",
     ]
     return "\n".join(lines)

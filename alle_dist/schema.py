@@ -76,14 +76,18 @@ def probs_schema(classes: list[str]) -> pa.Schema:
 
 
 def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
-    """Bulk-classification rows: one per input file, exactly once (product brief)."""
+    """Bulk-classification rows: the Delta table DST, one current row per input `uri` (docs/schemas.md)."""
     fields = [
-        pa.field("path", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),   # the key: file:///abs/path or s3://bucket/key
+        pa.field("path", pa.string()),                  # the same place, readable: local path or s3:// URI
         pa.field("sha256", pa.string()),
         pa.field("bytes", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),               # local files: st_mtime_ns when listed
+        pa.field("etag", pa.string()),                  # S3 objects: ETag when listed
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("label", pa.string()),          # a class, or 'refer'; null for error rows
+        pa.field("predicted_class", pa.string()),   # the ensemble's argmax, also when referred
         pa.field("refer", pa.bool_()),
         pa.field("refer_reason", pa.string()),   # why it was referred: low_confidence / unfamiliar / ...
         pa.field("confidence", pa.float32()),
@@ -95,11 +99,25 @@ def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
     fields += [pa.field("mask_fraction", pa.float32()), pa.field("image_score", pa.float32())]
     fields += [pa.field(backbone_ood_column(b), pa.float32()) for b in backbones]
     fields += [
-        pa.field("weights", pa.list_(pa.float32())),
+        pa.field("weights", WEIGHTS_TYPE),       # backbone → ensemble weight
         pa.field("gamma", pa.float32()),
+        pa.field("thresholds", THRESHOLDS_TYPE),  # the unfamiliar-image thresholds in force (referral_thresholds)
         pa.field("model_sha256", pa.string()),   # sha256 of the ensemble: backbones' weights + ensemble.json
         pa.field("version", pa.string()),        # alle_dist version
         pa.field("run_id", pa.string()),
         pa.field("classified_at", pa.timestamp("us", tz="UTC")),
     ]
     return pa.schema(fields)
+
+
+WEIGHTS_TYPE = pa.map_(pa.string(), pa.float32())
+THRESHOLDS_TYPE = pa.map_(pa.string(), pa.float32())
+
+
+def referral_thresholds(ood_score: dict, mask_low, mask_high, image_score, disagreement) -> dict[str, float]:
+    """The `thresholds` map of a classification row: only the unfamiliar-image rules in force, keyed
+    `mask_fraction_low`, `mask_fraction_high`, `image_score`, `disagreement`, `<backbone>_ood_score`."""
+    out = {"mask_fraction_low": mask_low, "mask_fraction_high": mask_high, "image_score": image_score,
+           "disagreement": disagreement}
+    out.update({backbone_ood_column(b): t for b, t in sorted(ood_score.items())})
+    return {k: float(v) for k, v in out.items() if v is not None}

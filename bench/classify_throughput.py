@@ -5,9 +5,9 @@
 
 Bare loop: read + sha256 + decode + segment + resize (a thread pool of --decode-threads, prefetching
 ahead of the models, like a DataLoader) → both models → OOD scores + ensemble, in this process.
-Job: `cls_plan.plan_job` + `execute` on a private local Ray (read tasks → one model actor per GPU,
-or CPU actors → decider tasks → the driver's Parquet writer + manifest + reconciliation), timed
-from execute() start to the last published row, actor start-up included.
+Job: `classify.run.prepare` + `execute` on a private local Ray (read tasks → one model actor per GPU,
+or CPU actors → decider tasks → the driver's MERGE commits into the Delta table), timed from
+execute() start to the last commit, actor start-up included.
 
 Models are untrained (`pretrained=none`, same compute as trained ones). Images: --data, else
 ../shared/data/leukemia, else a synthetic set; cycled through symlinks when --n-images exceeds them.
@@ -23,8 +23,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pyarrow as pa
 from alle_dist.classify import pipeline as cls_pipeline
-from alle_dist.classify import plan as cls_plan
+from alle_dist.classify import run as cls_run
+from alle_dist.classify import todo as cls_todo
 from alle_dist.config import ClassifyConfig, JobConfig
 from alle_dist.io import storage
 from alle_dist.models import inference
@@ -56,10 +59,11 @@ def inputs(args, tmp: str) -> str:
     return str(out)
 
 
-def bare_loop(plan: cls_plan.JobPlan, device: str, batch_size: int, threads: int) -> float:
+def bare_loop(plan: cls_run.Job, device: str, batch_size: int, threads: int) -> float:
     """images/s of read + decode + segment (threads, prefetched) → models → ensemble in one process."""
     core = cls_pipeline.Classifier(plan.models, "bare", device)
-    chunks = [plan.todo.slice(i, batch_size) for i in range(0, plan.todo.num_rows, batch_size)]
+    todo = pa.concat_tables([cls_todo.plan_chunk(c, cls_todo.empty_index(False), False).todo for c in plan.chunks])
+    chunks = [todo.slice(i, batch_size) for i in range(0, todo.num_rows, batch_size)]
     core(inference.prepare_batch(chunks[0], plan.prep))               # warm-up: not timed
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -68,12 +72,12 @@ def bare_loop(plan: cls_plan.JobPlan, device: str, batch_size: int, threads: int
     return n / (time.perf_counter() - t)
 
 
-def job(plan: cls_plan.JobPlan) -> float:
+def job(plan: cls_run.Job) -> float:
     t = time.perf_counter()
-    problems = cls_pipeline.execute(plan)
+    problems = cls_run.execute(plan)
     if problems:
         raise SystemExit(f"classify job incomplete: {problems}")
-    return plan.run["rows_written"] / (time.perf_counter() - t)
+    return plan.counts["committed"] / (time.perf_counter() - t)
 
 
 def _sync(device: str) -> None:
@@ -108,13 +112,13 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="clsbench-")
     run = str(make_run_dir(Path(tmp) / "run", backbones=tuple(backbones), image_size=size, gamma=0.7))
     src = inputs(args, tmp)
-    cfg = JobConfig(classify=ClassifyConfig(batch_size=batch, rows_per_file=50_000, gpus=1 if gpu else 0))
-    bare = bare_loop(cls_plan.plan_job(run, src, f"{tmp}/bare", cfg), args.device, batch,
+    cfg = JobConfig(classify=ClassifyConfig(batch_size=batch, commit_rows=50_000, gpus=1 if gpu else 0))
+    bare = bare_loop(cls_run.prepare(run, src, f"{tmp}/bare", cfg), args.device, batch,
                      args.decode_threads or cpus)
 
     from alle_dist.runtime import init_ray
     init_ray(num_cpus=cpus)
-    whole = job(cls_plan.plan_job(run, src, f"{tmp}/out", cfg))
+    whole = job(cls_run.prepare(run, src, f"{tmp}/out", cfg))
     print(json.dumps({
         "bench": "classify_throughput", "device": args.device,
         "card": torch.cuda.get_device_name(0) if gpu else None, "cpus": cpus,

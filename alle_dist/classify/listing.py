@@ -24,7 +24,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
-from urllib.parse import quote, unquote_to_bytes, urlsplit
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from .. import schema
 from ..errors import StorageError
 from ..io import storage
+from ..io.storage import path_to_uri, uri_to_path  # noqa: F401 - part of this module's API
 
 CHUNK_ROWS = 100_000
 BATCH_ROWS = 10_000
@@ -81,20 +82,6 @@ def list_inputs(src: str, *, suffixes: tuple[str, ...] = schema.IMAGE_SUFFIXES,
             _walk_s3(client, bucket, prefix, suffixes, skipped, workers), chunk_rows))
     root = _check_local_root(src)
     return Listing(src, lambda skipped: _chunked(_walk_local(root, suffixes, skipped), chunk_rows))
-
-
-def path_to_uri(path: str) -> str:
-    """`file://` URI of a local path: absolute, its raw bytes percent-encoded (so any name, even one
-    that is not UTF-8, gives a valid UTF-8 URI that uri_to_path turns back into the same path)."""
-    return "file://" + quote(os.fsencode(os.path.abspath(path)), safe="/")
-
-
-def uri_to_path(uri: str) -> str:
-    """The local path of a `file://` URI (the inverse of path_to_uri)."""
-    parts = urlsplit(uri)
-    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-        raise StorageError(f"{uri}: not a local file:/// URI")
-    return os.fsdecode(unquote_to_bytes(parts.path))
 
 
 # ---- chunks -------------------------------------------------------------------------------------

@@ -1,44 +1,77 @@
-"""Stage `classify`: bulk classification of an image store (local or s3://) with a trained ensemble."""
+"""Stage `classify`: bulk classification of an image store (local or s3://) into a Delta Lake table."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..io import storage
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
-    p.add_argument("--input", required=True, metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
-    p.add_argument("--output", required=True, metavar="DST", help="folder or s3:// prefix for *.parquet + _manifest.json")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
+    src.add_argument("--input-list", metavar="FILE", help="Parquet or CSV of input URIs (a `uri` column, or "
+                     "`bucket` + `key` as in an S3 Inventory export): no listing")
+    p.add_argument("--output", required=True, metavar="DST", help="folder or s3:// prefix of the Delta table (one row per input uri)")
     p.add_argument("--batch-size", type=int, default=None, help="images per model call (default: classify.batch_size, 64)")
     p.add_argument("--gpus", type=int, default=None, help="GPU actors (default: every GPU; 0 = CPU actors)")
     p.add_argument("--cpu-workers", type=int, default=None, help="CPU model actors without GPUs (default: CPUs/2)")
     p.add_argument("--decode-tasks", type=int, default=None, help="concurrent read + decode tasks (default: as CPUs allow)")
-    p.add_argument("--rows-per-file", type=int, default=None, help="result rows per Parquet part (default 100000)")
+    p.add_argument("--commit-rows", type=int, default=None, help="result rows per commit (default 50000)")
+    p.add_argument("--commit-seconds", type=float, default=None, help="commit at least this often (default 60)")
     p.add_argument("--trust-size", action="store_true",
-                   help="on a rerun, skip inputs on path + size alone instead of re-reading them to confirm sha256")
+                   help="on a rerun, skip inputs on size + mtime (local) or ETag (S3) without reading them "
+                        "(default: re-read and compare sha256)")
 
 
 def main(args: argparse.Namespace) -> int:
     from .. import config
-    from ..runtime import init_ray
-    from .pipeline import execute, plan_job
 
     overrides = {"batch_size": args.batch_size, "gpus": args.gpus, "cpu_workers": args.cpu_workers,
-                 "decode_tasks": args.decode_tasks, "rows_per_file": args.rows_per_file,
-                 "verify_sha256": False if args.trust_size else None}
-    job = config.job_config(args.config, classify=overrides)
-    plan = plan_job(args.run_dir, args.input, args.output, job)   # user errors before Ray starts
-    init_ray(args.num_cpus)
-    print(f"classify: {len(plan.listed)} inputs, {len(plan.skipped)} done already (path+size), "
-          f"run {plan.run['run_id']}", file=sys.stderr)
-    problems = execute(plan)
-    config.save_resolved(storage.join(args.output, "classify_config.yaml"), job, run_dir=args.run_dir,
-                         input=args.input, output=args.output, run_id=plan.run["run_id"])
-    r = plan.run
-    print(f"classify: {r['inputs']} inputs: {r.get('rows_written', 0)} rows written, {r['skipped']} skipped "
-          f"(done before), {r['errors']} errors, {r['referred']} referred → {args.output}")
+                 "decode_tasks": args.decode_tasks, "commit_rows": args.commit_rows,
+                 "commit_seconds": args.commit_seconds, "verify_sha256": False if args.trust_size else None}
+    job_cfg = config.job_config(args.config, classify=overrides)
+    try:
+        return _run(args, job_cfg)
+    except KeyboardInterrupt:   # before the run started: nothing to record
+        print("classify: interrupted before any work; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, job_cfg) -> int:
+    from .. import config
+    from ..errors import StorageError
+    from ..io import storage
+    from ..runtime import init_ray
+    from .run import execute, prepare
+
+    # Every user error (DST, models, SRC, no images) surfaces here, before Ray starts.
+    job = prepare(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
+                  start_ray=lambda: init_ray(args.num_cpus))
+    where = job.store.side_path("classify_config.yaml")
+    try:
+        config.save_resolved(where, job_cfg, run_dir=args.run_dir, input=args.input, input_list=args.input_list,
+                             output=args.output, run_id=job.run["run_id"])
+    except OSError as exc:   # e.g. a full disk: before any work, one line
+        raise StorageError(f"{where}: can't be written ({storage.first_line(exc)}); free space or fix the "
+                           "permissions, then rerun") from None
+    print(f"classify: run {job.run['run_id']} → {job.store.uri}", file=sys.stderr)
+    try:
+        problems = execute(job)
+    except KeyboardInterrupt:
+        c = job.run
+        print(f"classify: interrupted; {c.get('committed', 0)} rows committed, run {c['run_id']} recorded as "
+              "interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    _report(job, args.output, problems)
+    return 1 if problems else 0
+
+
+def _report(job, output: str, problems: list[str]) -> None:
+    c = job.run
+    skipped = job.listing.skipped_summary()
+    if skipped:
+        print(f"classify: warning: not image files, left out: {skipped}", file=sys.stderr)
+    print(f"classify: {c['inputs']} inputs: {c['classified']} classified, {c['errors']} error rows, "
+          f"{c['referred']} referred, {c['skipped']} unchanged (skipped); {c['committed']} rows committed → {output}")
     for p in problems:
         print(f"classify: error: {p}", file=sys.stderr)
-    return 1 if problems else 0

@@ -164,8 +164,11 @@ class ResultStore:
         import boto3
         import botocore.exceptions
 
-        s3 = boto3.client("s3", endpoint_url=self.options.get("AWS_ENDPOINT_URL"),
-                          region_name=self.options["AWS_REGION"])
+        from botocore.config import Config
+
+        # Standard retries (10 attempts) ride out throttling (503 SlowDown), as the listing's client does.
+        s3 = boto3.client("s3", endpoint_url=self.options.get("AWS_ENDPOINT_URL"), region_name=self.options["AWS_REGION"],
+                          config=Config(retries={"max_attempts": 10, "mode": "standard"}))
         try:   # one request, however many objects a mistaken prefix holds
             res = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else "", MaxKeys=1)
         except botocore.exceptions.ClientError as exc:
@@ -256,7 +259,7 @@ class ResultStore:
         concurrent commit (see the module docstring); StorageError after `max_attempts`.
         """
         from deltalake import CommitProperties
-        from deltalake.exceptions import CommitFailedError
+        from deltalake.exceptions import CommitFailedError, DeltaError
 
         self._require_open()
         batch = self._conform(batch)
@@ -270,7 +273,7 @@ class ResultStore:
             except CommitFailedError:
                 self.conflicts += 1
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-            except OSError as exc:   # disk full, network after the client's retries: nothing committed
+            except (OSError, DeltaError) as exc:   # disk full, network after the client's retries: nothing committed
                 raise StorageError(f"{self.uri}: commit failed ({storage.first_line(exc)}); nothing of this "
                                    "batch was committed; fix the cause and rerun") from None
         raise StorageError(f"{self.uri}: {self.max_attempts} commits in a row conflicted with concurrent "
@@ -307,8 +310,14 @@ class ResultStore:
         row = {"run_id": str(rec["run_id"]), "status": str(rec["status"]), "who": rec["who"],
                "recorded_at": dt.datetime.fromisoformat(rec["at"]), "model_sha256": rec["model_sha256"],
                "record": json.dumps(rec, sort_keys=True, default=str)}
-        write_deltalake(self._runs_uri(), pa.Table.from_pylist([row], schema=RUNS_SCHEMA), mode="append",
-                        storage_options=self.options)
+        from deltalake.exceptions import DeltaError
+
+        try:
+            write_deltalake(self._runs_uri(), pa.Table.from_pylist([row], schema=RUNS_SCHEMA), mode="append",
+                            storage_options=self.options)
+        except (OSError, DeltaError) as exc:   # disk full, network: one line, like a failed commit
+            raise StorageError(f"{self.uri}: the run record could not be written ({storage.first_line(exc)}); "
+                               "fix the cause and rerun") from None
 
     def runs(self) -> list[dict]:
         """Each run's latest record (a dict, with `status` and `at`), in order of first record."""

@@ -11,7 +11,7 @@ import posixpath
 import socket
 import uuid
 from functools import lru_cache
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote_to_bytes, urlparse, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,6 +35,30 @@ def absolute(uri: str) -> str:
     """An s3:// URI as given; a local path made absolute, so a recorded source still resolves when a
     later stage runs from another directory (or as a `ray job submit` job in its own working dir)."""
     return str(uri) if is_s3(uri) else os.path.abspath(os.path.expanduser(str(uri)))
+
+
+def path_to_uri(path: str) -> str:
+    """`file://` URI of a local path: absolute, its raw bytes percent-encoded (so any name, even one
+    that is not UTF-8, gives a valid UTF-8 URI that uri_to_path turns back into the same path)."""
+    return "file://" + quote(os.fsencode(os.path.abspath(path)), safe="/")
+
+
+def uri_to_path(uri: str) -> str:
+    """The local path of a `file://` URI (the inverse of path_to_uri)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise StorageError(f"{uri}: not a local file:/// URI")
+    return os.fsdecode(unquote_to_bytes(parts.path))
+
+
+def to_uri(location: str) -> str:
+    """The absolute URI of a local path or an s3:// URI (what classification rows are keyed by)."""
+    return str(location) if is_s3(location) or str(location).startswith("file://") else path_to_uri(location)
+
+
+def from_uri(uri: str) -> str:
+    """What `resolve` and `read_bytes` take for a URI: the local path of a file:// URI, s3:// as is."""
+    return uri_to_path(uri) if str(uri).startswith("file://") else str(uri)
 
 
 def _check_reachable(endpoint: str, timeout_s: float = 5.0) -> None:

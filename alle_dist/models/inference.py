@@ -13,6 +13,7 @@ as float32 bytes per row (`pack_rows` / `unpack_rows`).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,16 +31,15 @@ from . import field_stats
 # run can be reconciled) but is never written.
 SKIP = "skip"
 PROBS, FEATURES = "_probs_", "_features_"   # model-output columns: PROBS + backbone, FEATURES + backbone
-# Columns a read task adds; every other input column passes through unchanged (e.g. a label).
-PREPARED_COLUMNS = ("path", "sha256", "bytes", "status", "error", "mask_fraction", "image_stats", "image")
+# Columns a read task adds; every other input column passes through unchanged (e.g. a label, a path).
+PREPARED_COLUMNS = ("uri", "sha256", "bytes", "status", "error", "mask_fraction", "image_stats", "image")
 
 
 # ---------------------------------------------------------------- reading and preparing (read tasks)
 
 @dataclass(frozen=True)
 class PrepSpec:
-    """How the read tasks turn a path into model input (the model's own preprocessing)."""
-    src: str
+    """How the read tasks turn an input's bytes into model input (the model's own preprocessing)."""
     image_size: int
     segment: SegmentConfig | None = SegmentConfig()   # None: the models were trained unsegmented
     max_pixels: int = 50_000_000
@@ -47,12 +47,16 @@ class PrepSpec:
 
 
 def read_input(uri: str) -> bytes:
-    """The bytes of one listed input; InputError when this file alone is the problem.
+    """The bytes of one input, named by its absolute URI (file:///abs/path or s3://bucket/key);
+    InputError when this file alone is the problem.
 
     A file gone or unreadable since listing is that file's problem. An S3 403 is not: it means the
     credentials or the bucket policy are wrong for every file, so it fails the job (StorageError).
     """
     try:
+        if uri.startswith("file://"):   # Python's open takes any name, also one that is not UTF-8
+            with open(os.fsencode(storage.uri_to_path(uri)), "rb") as f:
+                return f.read()
         return storage.read_bytes(uri)
     except FileNotFoundError:
         raise InputError("vanished between listing and reading (not found)") from None
@@ -60,19 +64,19 @@ def read_input(uri: str) -> bytes:
         text = str(exc)
         if storage.is_s3(uri) and any(k in text for k in ("ACCESS_DENIED", "AccessDenied", "HTTP status 403")):
             raise StorageError(f"{uri}: access denied (HTTP 403); check the AWS credentials "
-                                       "and the bucket policy (s3:GetObject)") from None
+                               "and the bucket policy (s3:GetObject)") from None
         if storage.is_s3(uri) and "NoSuchKey" not in text and "does not exist" not in text:
             raise  # throttling or network after all retries: fail the job; a rerun resumes
         raise InputError(f"can't be read: {storage.first_line(exc)}") from None
 
 
-def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -> dict:
+def prepare_one(spec: PrepSpec, uri: str, size: int | None, done_sha256: str | None) -> dict:
     """One prepared row (see PREPARED_COLUMNS); `image` is the raw HxWx3 uint8 bytes, b'' unless ok;
     `image_stats` the original field's imagestats.features as float32 bytes (None unless ok)."""
-    row = {"path": path, "sha256": None, "bytes": size, "status": schema.OK, "error": None,
+    row = {"uri": uri, "sha256": None, "bytes": size, "status": schema.OK, "error": None,
            "mask_fraction": None, "image_stats": None, "image": b""}
     try:
-        data = read_input(storage.join(spec.src, path))
+        data = read_input(uri)
         row["bytes"], row["sha256"] = len(data), hashlib.sha256(data).hexdigest()
         if done_sha256 is not None and row["sha256"] == done_sha256:
             row["status"] = SKIP
@@ -88,22 +92,18 @@ def prepare_one(spec: PrepSpec, path: str, size: int, done_sha256: str | None) -
     return row
 
 
+_PREPARED_TYPES = {"uri": pa.string(), "sha256": pa.string(), "bytes": pa.int64(), "status": pa.string(),
+                   "error": pa.string(), "mask_fraction": pa.float32(), "image_stats": pa.binary(),
+                   "image": pa.binary()}
+
+
 def prepare_batch(batch: pa.Table, spec: PrepSpec) -> pa.Table:
-    """The read task: rows (path[, bytes, done_sha256, ...]) → prepared rows; never raises for one bad
-    file. Input columns other than those three pass through (training's export carries `label`)."""
+    """The read task: rows (uri[, bytes, done_sha256, ...]) → prepared rows; never raises for one bad
+    file. Input columns other than those three pass through (training's export carries `path`, `label`)."""
     n = batch.num_rows
     col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
-    rows = [prepare_one(spec, p, s, d) for p, s, d in zip(col("path"), col("bytes"), col("done_sha256"))]
-    out = pa.table({
-        "path": pa.array([r["path"] for r in rows], pa.string()),
-        "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
-        "bytes": pa.array([r["bytes"] for r in rows], pa.int64()),
-        "status": pa.array([r["status"] for r in rows], pa.string()),
-        "error": pa.array([r["error"] for r in rows], pa.string()),
-        "mask_fraction": pa.array([r["mask_fraction"] for r in rows], pa.float32()),
-        "image_stats": pa.array([r["image_stats"] for r in rows], pa.binary()),
-        "image": pa.array([r["image"] for r in rows], pa.binary()),
-    })
+    rows = [prepare_one(spec, u, s, d) for u, s, d in zip(col("uri"), col("bytes"), col("done_sha256"))]
+    out = pa.table({c: pa.array([r[c] for r in rows], t) for c, t in _PREPARED_TYPES.items()})
     for name in batch.column_names:
         if name not in out.column_names and name != "done_sha256":
             out = out.append_column(name, batch.column(name))
@@ -219,7 +219,7 @@ def actor_layout(gpus: int | None, cpu_workers: int | None) -> ActorLayout:
 
 def model_outputs(ds, spec: PrepSpec, model_dirs: dict[str, str], layout: ActorLayout,
                   batch_size: int, read_cpus: float = 0.5, read_tasks: int | None = None):
-    """Rows (path[, bytes, done_sha256, passthrough...]) → read tasks → model actors, lazily."""
+    """Rows (uri[, bytes, done_sha256, passthrough...]) → read tasks → model actors, lazily."""
     import ray.data
 
     read_compute = ray.data.TaskPoolStrategy(size=read_tasks) if read_tasks else None

@@ -40,9 +40,10 @@ def split_outputs(out: ModelDir, splits: dict[str, pa.Table], source: str, class
     from ..runtime import cluster_cpus, cluster_gpus
 
     prep = preprocessing.read(model_files.read_meta(out.root))
-    spec = inference.PrepSpec(src=source, image_size=prep.image_size, segment=prep.segment, image_stats=True)
+    spec = inference.PrepSpec(image_size=prep.image_size, segment=prep.segment, image_stats=True)
     index = {c: i for i, c in enumerate(classes)}
-    rows = pa.concat_tables([pa.table({"path": t.column("path"), "split": pa.array([s] * t.num_rows, pa.string()),
+    rows = pa.concat_tables([pa.table({"uri": [storage.to_uri(storage.join(source, p)) for p in t.column("path").to_pylist()],
+                                       "path": t.column("path"), "split": pa.array([s] * t.num_rows, pa.string()),
                                        "label": pa.array([index[c] for c in t.column("label").to_pylist()], pa.int64())})
                              for s, t in splits.items()])
     # Inference is cheap next to training: one GPU actor, or at most two CPU actors.

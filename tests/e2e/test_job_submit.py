@@ -92,7 +92,7 @@ def submit(head, stage, *args, timeout=900):
 
 
 def test_pipeline_as_ray_jobs(ray_head, s3_bucket, tmp_path):
-    from alle_dist.classify.parts import read_results
+    from deltalake import DeltaTable
     from alle_dist.prepare import manifest as catalog
     from alle_dist.testing import synthetic
     from ray.job_submission import JobSubmissionClient
@@ -118,9 +118,9 @@ def test_pipeline_as_ray_jobs(ray_head, s3_bucket, tmp_path):
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert {"per_class", "overall", "coverage", "ece", "n"} <= set(metrics)
     logs.append(submit(ray_head, "classify", "--run-dir", run, "--input", src, "--output", dst))
-    rows = read_results(str(dst))
-    # every input exactly once; paths are relative to the input root, like the manifest's
-    assert sorted(rows.column("path").to_pylist()) == sorted(table.column("path").to_pylist())
+    rows = DeltaTable(str(dst)).to_pyarrow_table(columns=["uri", "status"])   # the current version
+    # one row per input, keyed by its absolute uri
+    assert sorted(rows.column("uri").to_pylist()) == sorted(f"{src}/{p}" for p in table.column("path").to_pylist())
     assert set(rows.column("status").to_pylist()) == {"ok"}
 
     # No secret anywhere: job logs, runtime_envs, Ray's session logs, Parquet metadata, written files.

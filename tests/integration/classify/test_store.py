@@ -30,9 +30,8 @@ MODEL = {"model_sha256": "a" * 64, "backbones": ["resnet"], "classes": ["Benign"
 
 
 def result_schema() -> pa.Schema:
-    """The real bulk-classification schema, keyed by uri instead of a relative path."""
-    s = row_schema.classify_schema(MODEL["classes"], MODEL["backbones"])
-    return s.set(s.get_field_index("path"), pa.field("uri", pa.string(), nullable=False))
+    """The real bulk-classification schema (keyed by uri)."""
+    return row_schema.classify_schema(MODEL["classes"], MODEL["backbones"])
 
 
 def rows(uris, tag: str = "v1", model: str = MODEL["model_sha256"]) -> pa.Table:
@@ -40,7 +39,7 @@ def rows(uris, tag: str = "v1", model: str = MODEL["model_sha256"]) -> pa.Table:
     n = len(uris)
     cols = {"uri": list(uris), "sha256": [f"{tag}-{u}" for u in uris], "bytes": [100 + len(tag)] * n,
             "status": ["ok"] * n, "label": ["Pre"] * n, "confidence": [0.9] * n,
-            "weights": [[0.7, 0.3]] * n, "model_sha256": [model] * n, "run_id": [tag] * n}
+            "weights": [{"resnet": 1.0}] * n, "model_sha256": [model] * n, "run_id": [tag] * n}
     sch = result_schema()
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in sch}, schema=sch)
 

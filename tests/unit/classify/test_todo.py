@@ -1,0 +1,58 @@
+"""classify.todo: a listing chunk planned against the table's index, in Arrow (no Ray, no store)."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from alle_dist.classify import listing, todo
+
+
+def chunk(rows) -> pa.Table:
+    """rows: (uri, size, mtime_ns, etag, status, error)."""
+    return pa.Table.from_pylist([dict(zip(listing.INPUT_SCHEMA.names, r)) for r in rows], schema=listing.INPUT_SCHEMA)
+
+
+def index(rows, trust=False) -> pa.Table:
+    cols = todo.index_columns(trust)
+    return pa.Table.from_pylist([dict(zip(cols, r)) for r in rows], schema=todo.empty_index(trust).schema)
+
+
+LISTED = chunk([
+    ("file:///a.jpg", 10, 1, None, "ok", None),        # stored, same size: confirm by sha256
+    ("file:///b.jpg", 20, 1, None, "ok", None),        # stored with another size: read again
+    ("file:///c.jpg", 30, 1, None, "ok", None),        # new
+    ("file:///d.jpg", None, None, None, "error", "dangling symlink: its target does not exist"),
+    ("file:///e.jpg", 0, 1, None, "ok", None),         # zero bytes: an error row without reading
+    ("file:///f.jpg", None, None, None, "error", "a FIFO (named pipe), not an image file"),
+    ("s3://bkt/g.jpg", 40, None, "etag-g", "ok", None),
+])
+STORED = [("file:///a.jpg", 10, "sha-a", "ok", 1, None), ("file:///b.jpg", 21, "sha-b", "ok", 1, None),
+          ("file:///f.jpg", None, None, "error", None, None), ("file:///e.jpg", 0, todo.EMPTY_SHA256, "error", 1, None),
+          ("s3://bkt/g.jpg", 40, "sha-g", "ok", None, "etag-g"), ("file:///gone.jpg", 5, "sha-x", "ok", 1, None)]
+
+
+def _by_uri(t: pa.Table, col: str) -> dict:
+    return dict(zip(t.column("uri").to_pylist(), t.column(col).to_pylist()))
+
+
+def test_default_rerun_reads_every_ok_input_and_confirms_matching_sizes_by_sha256():
+    p = todo.plan_chunk(LISTED, index([r[:4] for r in STORED]), trust_size=False)
+    assert _by_uri(p.todo, "done_sha256") == {"file:///a.jpg": "sha-a", "file:///b.jpg": None,
+                                              "file:///c.jpg": None, "s3://bkt/g.jpg": "sha-g"}
+    # the dangling link is new: an error row; the FIFO's and the empty file's rows are unchanged: skipped
+    assert _by_uri(p.direct, "error") == {"file:///d.jpg": "dangling symlink: its target does not exist"}
+    assert p.skipped == 2
+
+
+def test_trust_size_skips_on_size_plus_mtime_or_etag_without_reading():
+    p = todo.plan_chunk(LISTED, index(STORED, trust=True), trust_size=True)
+    assert sorted(p.todo.column("uri").to_pylist()) == ["file:///b.jpg", "file:///c.jpg"]
+    assert p.skipped == 4          # a (size + mtime), g (size + ETag), the FIFO, the empty file
+
+
+def test_a_first_run_reads_everything_and_makes_error_rows_of_what_needs_no_reading():
+    p = todo.plan_chunk(LISTED, todo.empty_index(False), trust_size=False)
+    assert p.todo.num_rows == 4 and p.skipped == 0 and p.todo.schema == todo.TODO_SCHEMA
+    direct = {r["uri"]: r for r in p.direct.to_pylist()}
+    assert set(direct) == {"file:///d.jpg", "file:///e.jpg", "file:///f.jpg"}
+    assert direct["file:///e.jpg"]["error"] == todo.EMPTY_FILE and direct["file:///e.jpg"]["sha256"] == todo.EMPTY_SHA256
+    assert all(r["status"] == "error" for r in direct.values())
