@@ -3,18 +3,25 @@
 Precedence: the dataclass defaults < the stage's section of a YAML file (`--config FILE`) <
 the command line. Every stage saves the resolved config beside its outputs (`save_resolved`).
 A YAML section is named like the stage (`prepare:`, `segment:`, `augment:`, `train:`, `tune:`,
-`evaluate:`, `classify:`); an unknown key is an error that lists the valid ones.
+`evaluate:`, `classify:`); an unknown key is an error that lists the valid ones, a value of the wrong
+type an error that names it (`build` checks every value against the field's annotation).
+
+Command-line flags are generated from the fields (`add_flags`, `overrides`), so a flag and its YAML
+key can't drift apart. This module imports no pyarrow, torch or Ray (`alle-dist --help` stays fast):
+`io.storage` is imported where a file is read or written.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError
-from .io import storage
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -28,8 +35,12 @@ class PrepareConfig:
     test_fraction: float = 0.35        # the paper's 65 / 35 split
     val_fraction: float = 0.10         # of the train split
     hash_workers: int | None = None    # Ray Data tasks for reading + hashing; None = cluster CPUs
+    # Hamming radius of the perceptual-hash near-duplicate groups (docs/near-duplicates.md: 10 on the
+    # shared images; 0 joins only identical hashes, -1 turns near-duplicate grouping off).
+    near_radius: int = 10
 
     def __post_init__(self):
+        _check(-1 <= self.near_radius <= 63, f"prepare.near_radius={self.near_radius}: must be in -1..63")
         _check(0 < self.test_fraction < 1, f"prepare.test_fraction={self.test_fraction}: must be in (0, 1)")
         _check(0 <= self.val_fraction < 1, f"prepare.val_fraction={self.val_fraction}: must be in [0, 1)")
 
@@ -71,6 +82,9 @@ class AugmentConfig:
         _check(0 < self.scale_min <= self.scale_max, "augment.scale_min must be in (0, scale_max]")
 
 
+CONTROLS = ("background",)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     backbone: str = "resnet50"
@@ -86,8 +100,13 @@ class TrainConfig:
     segmented: bool = True             # train on HSV-segmented images (the paper) or the originals
     max_failures: int = 2              # worker-group restarts from the last checkpoint
     compile: bool = False              # torch.compile on GPU
+    # Shortcut control (CONTROLS): "background" trains on the fields with the segmented cells inpainted
+    # away (imaging.hsv.remove_cells), into RUN/models/<backbone>__control-background; never tuned on.
+    control: str | None = None
 
     def __post_init__(self):
+        _check(self.control is None or self.control in CONTROLS,
+               f"train.control={self.control!r}: choose one of {list(CONTROLS)} or leave it unset")
         _check(self.epochs >= 1, "train.epochs must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
         _check(self.lr > 0, "train.lr must be > 0")
@@ -102,6 +121,7 @@ class TrainConfig:
 # much), image_score (the field's image statistics, alle_dist.imagestats), disagreement (between the
 # networks).
 REFERRAL_SIGNALS = ("ood_score", "mask_low", "mask_high", "image_score", "disagreement")
+TUNE_OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,17 @@ class TuneConfig:
     # keeps: its threshold is this quantile of their image scores (a budget of its own, see
     # ensemble.fit_referral).
     image_quantile: float = 0.995
+    # The image rule's guarantee (docs/referral-guarantees.md): with probability ≥ `confidence` over
+    # the calibration images, at most `referral_rate` of new in-distribution images are referred by it
+    # (None: the uncalibrated `image_quantile` instead). 1 % at 95 % needs ≥ 299 calibration images;
+    # a real run has ~1 800 (180 validation + ~1 620 out-of-fold training), which puts the threshold
+    # at rank 11 from the top, next to the old 99.5 % quantile's rank 10, now with a stated promise.
+    referral_rate: float | None = 0.01
+    confidence: float = 0.95
+    # SGR (Geifman & El-Yaniv 2017) on validation: the error rate among γ-accepted images it certifies
+    # at `confidence` (reported in ensemble.json); gamma_by_sgr sets γ to SGR's threshold for it.
+    risk_target: float = 0.05
+    gamma_by_sgr: bool = False
     training_samples: int = 4          # --tune-training: trials over training hyperparameters
     training_lr: tuple[float, float] = (1e-5, 1e-3)  # log-uniform range of --tune-training's lr
 
@@ -142,6 +173,10 @@ class TuneConfig:
         _check(0 <= self.min_coverage <= 1, "tune.min_coverage must be in [0, 1]")
         _check(0 < self.referral_coverage <= 1, "tune.referral_coverage must be in (0, 1]")
         _check(0 < self.image_quantile <= 1, "tune.image_quantile must be in (0, 1]")
+        _check(self.referral_rate is None or 0 < self.referral_rate < 1,
+               f"tune.referral_rate={self.referral_rate}: must be in (0, 1), e.g. 0.01, or null")
+        _check(0 < self.confidence < 1, f"tune.confidence={self.confidence}: must be in (0, 1), e.g. 0.95")
+        _check(0 < self.risk_target < 1, f"tune.risk_target={self.risk_target}: must be in (0, 1), e.g. 0.05")
         _check(self.num_samples >= 0, "tune.num_samples must be >= 0")
         _check(self.training_samples >= 1, "tune.training_samples must be >= 1")
         _check(self.max_concurrent_trials >= 1, "tune.max_concurrent_trials must be >= 1")
@@ -149,8 +184,8 @@ class TuneConfig:
                f"tune.gamma_range={list(self.gamma_range)}: need [low, high] within [0, 1]")
         _check(len(self.training_lr) == 2 and 0 < self.training_lr[0] <= self.training_lr[1],
                f"tune.training_lr={list(self.training_lr)}: need [low, high] with 0 < low <= high")
-        objectives = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
-        _check(self.objective in objectives, f"tune.objective={self.objective!r}: choose one of {list(objectives)}")
+        _check(self.objective in TUNE_OBJECTIVES,
+               f"tune.objective={self.objective!r}: choose one of {list(TUNE_OBJECTIVES)}")
 
 
 @dataclass(frozen=True)
@@ -185,6 +220,9 @@ STAGE_CONFIGS: dict[str, type] = {
 }
 
 
+_SECTION_OF = {cls: name for name, cls in STAGE_CONFIGS.items()}
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Every stage's config; what `save_resolved` writes beside a stage's outputs."""
@@ -201,26 +239,89 @@ class JobConfig:
 
 
 def load_yaml(path: str | None) -> dict[str, Any]:
+    """The stage sections of a YAML file; a missing file or bad YAML is one ConfigError line."""
+    from .io import storage
+
     if not path:
         return {}
-    data = yaml.safe_load(storage.read_bytes(path)) or {}
+    if not storage.exists(path):
+        raise ConfigError(f"--config {path}: no such file; give the path of a YAML config file")
+    try:
+        data = yaml.safe_load(storage.read_bytes(path)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     _check(isinstance(data, dict), f"{path}: a config file must be a mapping of stage sections")
     unknown = set(data) - set(STAGE_CONFIGS)
     _check(not unknown, f"{path}: unknown section(s) {sorted(unknown)}; valid: {sorted(STAGE_CONFIGS)}")
+    for name, section in data.items():
+        _check(section is None or isinstance(section, dict),
+               f"{path}: section `{name}:` must hold `key: value` lines, not {section!r}")
     return data
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
+
+
 def build(cls: type, section: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None):
-    """cls from defaults < section < overrides (None values in overrides are ignored)."""
+    """cls from defaults < section < overrides (None values in overrides are ignored); every value is
+    checked against the field's annotation first, so a wrong type is one line naming the key."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = dict(section or {})
     unknown = set(values) - names
     _check(not unknown, f"{cls.__name__}: unknown key(s) {sorted(unknown)}; valid: {sorted(names)}")
     values.update({k: v for k, v in (overrides or {}).items() if k in names and v is not None})
+    hints = typing.get_type_hints(cls)
+    prefix = _SECTION_OF.get(cls, cls.__name__)
+    values = {k: _typed(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` as the annotation `hint` says (int, float, str, bool, X | None, tuple[X, ...]), or ConfigError."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return _typed_tuple(value, args, where)
+    return _scalar(value, hint, where)
+
+
+def _scalar(value: Any, hint: type, where: str) -> Any:
+    if hint is float and isinstance(value, str):
+        try:   # YAML 1.1 reads `lr: 1e-4` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}.get(hint, lambda v: True)
+    if not ok(value):
+        raise ConfigError(f"{where}: {value!r} is not {_KIND.get(hint, hint)}")
+    return float(value) if hint is float else value
+
+
+def _typed_tuple(value: Any, args: tuple, where: str) -> tuple:
+    variadic = len(args) == 2 and args[1] is Ellipsis
+    if isinstance(value, str) and variadic:   # `backbones: densenet201,resnet50`
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: {value!r} is not a list; give a list, e.g. [a, b]")
+    if not variadic and len(value) != len(args):
+        raise ConfigError(f"{where}: {list(value)} has {len(value)} values; give {len(args)}")
+    kinds = [args[0]] * len(value) if variadic else list(args)
+    return tuple(_scalar(v, k, where) for v, k in zip(value, kinds))
 
 
 def job_config(yaml_path: str | None = None, **overrides: dict[str, Any]) -> JobConfig:
@@ -232,6 +333,8 @@ def job_config(yaml_path: str | None = None, **overrides: dict[str, Any]) -> Job
 
 def save_resolved(uri: str, cfg: JobConfig, **extra: Any) -> None:
     """Write the resolved config (plus stage arguments such as paths) as YAML at `uri`."""
+    from .io import storage
+
     doc = {**extra, **cfg.to_dict()}
     storage.write_bytes(uri, yaml.safe_dump(_plain(doc), sort_keys=False).encode())
 
@@ -242,3 +345,61 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+# ---------------------------------------------------------------- command-line flags from the fields
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, fields: dict[str, str | None],
+              extra: dict[str, dict] | None = None) -> None:
+    """`--field-name` for each named field of `cls` (help text per field; None = none), typed from its
+    annotation: int / float / str, bool → --x / --no-x, tuples → comma-separated values. Every
+    default is None, so an unset flag leaves the YAML value (defaults < YAML < CLI); the help shows
+    the dataclass default. `extra` adds argparse keywords per field (choices, metavar)."""
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, text in fields.items():
+        kwargs = {"default": None, "dest": name, **_flag_type(hints[name], f"{_SECTION_OF[cls]}.{name}")}
+        kwargs["help"] = _help(text, defaults[name])
+        kwargs.update((extra or {}).get(name, {}))
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The values the command line gave for `cls`'s fields (unset flags are None and left out)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def _flag_type(hint: Any, where: str) -> dict[str, Any]:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint, args = args[0], list(typing.get_args(args[0]))
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(hint) is tuple:
+        n = None if args[-1] is Ellipsis else len(args)
+        return {"type": _comma_list(args[0], n, where), "metavar": ",".join(["X"] * (n or 2)) + ("" if n else ",...")}
+    return {"type": hint, **({"metavar": {int: "N", float: "X"}[hint]} if hint in (int, float) else {})}
+
+
+def _comma_list(kind: type, n: int | None, where: str):
+    def parse(text: str) -> tuple:
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        try:
+            values = tuple(kind(p) for p in parts)
+        except ValueError:
+            values = ()
+        if not values or (n is not None and len(values) != n):
+            count = f"{n} comma-separated" if n else "comma-separated"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {count} {kind.__name__} values for {where}")
+        return values
+    parse.__name__ = f"{kind.__name__} list"   # argparse names the type in its error message
+    return parse
+
+
+def _help(text: str | None, default: Any) -> str | None:
+    if text is None or "default" in text or default in (dataclasses.MISSING, None):
+        return text
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return f"{text} (default: {default})" if text else f"default: {default}"

@@ -12,19 +12,6 @@ import time
 from .io import storage
 from .rundir import RunDir
 
-DEMO_BACKBONES = "test_resnet,test_efficientnet"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="labelled images (folder or s3://); default: synthetic smears")
-    p.add_argument("--run-dir", default="runs/demo", help="run directory (folder or s3://)")
-    p.add_argument("--backbones", default=DEMO_BACKBONES, help="two comma-separated backbones for the ensemble")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--n-per-class", type=int, default=120, help="synthetic images per class")
-    p.add_argument("--seed", type=int, default=0)
-
-
 def _run(stage: str, argv: list) -> None:
     from .cli import get_args_parser, run_stage
     from .errors import UsageError

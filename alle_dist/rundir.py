@@ -3,6 +3,7 @@
     RUN/manifest.parquet            prepare: the catalogue and the split
     RUN/prepare_config.yaml
     RUN/models/<backbone>/          train: one ModelDir per backbone (see ModelDir)
+    RUN/models/<backbone>__control-background/   train --control background (a shortcut control)
     RUN/ensemble.json               tune: weights, γ, temperatures, referral rule
     RUN/tune_config.yaml
     RUN/tune_training.json          tune --tune-training: the best training setting
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import StorageError
 from .io import storage
 
 
@@ -73,6 +75,7 @@ class RunDir:
     MODELS = "models"
     REPORT = "report"
     TUNE_TRAINING = "tune_training"
+    CONTROL = "__control-"
     # Inside RUN/report/:
     METRICS = "metrics.json"
     REPORT_HTML = "report.html"
@@ -106,6 +109,20 @@ class RunDir:
     def model(self, backbone: str) -> ModelDir:
         return ModelDir(storage.join(self.models_root, backbone))
 
+    def model_folders(self) -> list[str]:
+        """Every folder under RUN/models (finished or not: a checkpoint was made from this run too)."""
+        import pyarrow.fs as pafs
+
+        if not storage.exists(self.models_root):
+            return []
+        fs, base = storage.resolve(self.models_root)
+        return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(base))
+                      if i.type == pafs.FileType.Directory)
+
+    def control_model(self, backbone: str, kind: str) -> ModelDir:
+        """RUN/models/<backbone>__control-<kind>/: a shortcut control (train --control), never tuned on."""
+        return self.model(f"{backbone}{self.CONTROL}{kind}")
+
     def trained_models(self) -> list[str]:
         """Backbones under RUN/models that have a test_probs.parquet (every finished one)."""
         if not storage.exists(self.models_root):
@@ -113,6 +130,21 @@ class RunDir:
         done = "/" + ModelDir(".").probs("test").rsplit("/", 1)[-1]
         return sorted({rel.split("/")[0] for rel, _ in storage.list_files(self.models_root)
                        if rel.endswith(done) and rel.count("/") == 1})
+
+    def check_ready(self, stage: str) -> None:
+        """Before `stage` (train, tune, evaluate) starts Ray: RUN exists and holds what the earlier
+        stages wrote, else a StorageError naming the first step that is missing."""
+        root = self.root
+        if not storage.exists(root):
+            raise StorageError(f"{root} does not exist; check --run-dir, or create it with "
+                               f"`alle-dist prepare --data SRC --run-dir {root}`")
+        if stage == "train" and not storage.exists(self.manifest):
+            raise StorageError(f"no manifest in {root}: run `alle-dist prepare --data SRC --run-dir {root}` first")
+        if stage in ("tune", "evaluate") and not self.trained_models():
+            first = "train" if storage.exists(self.manifest) else "prepare --data SRC"
+            raise StorageError(f"no trained models in {root}: run `alle-dist {first} --run-dir {root}` first")
+        if stage == "evaluate" and not storage.exists(self.ensemble):
+            raise StorageError(f"no {self.ENSEMBLE} in {root}: run `alle-dist tune --run-dir {root}` first")
 
     @property
     def report(self) -> str:

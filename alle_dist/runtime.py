@@ -1,30 +1,100 @@
-"""Ray start-up shared by every stage: attach to a cluster or start a local one, safe Data defaults."""
+"""Ray start-up shared by every stage: attach to a cluster or start a local one, safe Data defaults,
+and what reaches the user's terminal (alle_dist's own lines; Ray's only when asked for)."""
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import contextmanager
 
 log = logging.getLogger("alle_dist")
 
+# Ray's own log level: WARNING unless the command line asked for INFO or DEBUG (configure_logging).
+_ray_level = logging.WARNING
 
-def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
+
+def configure_logging(level: str | None = None) -> None:
+    """alle_dist's messages at `level` (INFO when None), Ray's at `level` (WARNING when None).
+
+    At WARNING Ray prints no INFO blocks, banners or progress bars and the workers' output is not
+    forwarded (init_ray); alle_dist's one-line progress (alle_dist.progress) stays.
+    """
+    global _ray_level
+    _ray_level = getattr(logging, level) if level else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    if not any(getattr(h, "_alle_dist", False) for h in root.handlers):
+        handler._alle_dist = True
+        root.addHandler(handler)
+    root.setLevel(_ray_level)
+    log.setLevel(getattr(logging, level) if level else logging.INFO)
+    if ray_is_quiet():
+        # Tune's newer console output prints its experiment table and a results path (a temporary
+        # folder, deleted when the stage ends) even at verbose=0; the classic engine at verbose=0
+        # prints nothing. alle_dist shows trials itself (ensemble.tune.trial_progress).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _quiet_ray_loggers()
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return line if record.levelno < logging.WARNING else line.replace(" ", f" {record.levelname.lower()}: ", 1)
+
+
+class _DropAdvice(logging.Filter):
+    """Drops Ray's hint to set RAY_AUTH_MODE=disabled: docs/security.md says never to do that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "=disabled" not in record.getMessage()
+
+
+def _quiet_ray_loggers() -> None:
+    _add_filter_once("ray._private.authentication.authentication_token_setup", _DropAdvice)
+    if "ray.data" in sys.modules:   # else configure_data_context does it once Ray Data is imported
+        _set_ray_data_console_level()
+
+
+def _add_filter_once(logger: str, cls: type) -> None:
+    # A filter on the logger that emits the record (filters don't see records propagated from children).
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, cls) for f in target.filters):
+        target.addFilter(cls())
+
+
+def _set_ray_data_console_level() -> None:
+    """Ray Data logs to the console through its own handler (INFO, progress blocks every few
+    seconds); its file handler in the session's log folder keeps everything."""
+    from ray.data._internal.logging import SessionFileHandler
+
+    for h in logging.getLogger("ray.data").handlers:
+        if not isinstance(h, SessionFileHandler):
+            h.setLevel(_ray_level)
+
+
+def ray_is_quiet() -> bool:
+    return _ray_level > logging.INFO
+
+
+def init_ray(num_cpus: int | None = None) -> None:
     """Connect to RAY_ADDRESS (a submitted job, a cluster) or start a private local Ray.
 
     A local Ray listens on 127.0.0.1 only and has no dashboard: anyone who reaches Ray's ports can
-    run code (docs/security.md).
+    run code (docs/security.md). Token authentication stays on (Ray's default); only Ray's hint to
+    turn it off is dropped (_DropAdvice).
     """
     import ray
 
+    quiet = ray_is_quiet()
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             # Inside `ray job submit`: num_cpus may not be given when connecting.
-            ray.init(log_to_driver=not quiet)
+            ray.init(log_to_driver=not quiet, logging_level=_ray_level)
         else:
             # address="local" never attaches to a cluster some other `ray start` left behind.
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=not quiet, configure_logging=True,
-                     logging_level=logging.WARNING if quiet else logging.INFO)
+                     log_to_driver=not quiet, configure_logging=True, logging_level=_ray_level)
     configure_data_context()
 
 
@@ -38,12 +108,21 @@ def configure_data_context(no_progress_timeout_s: float | None = None) -> None:
     ctx.max_errored_blocks = 0
     timeout = no_progress_timeout_s or float(os.environ.get("ALLE_DIST_NO_PROGRESS_TIMEOUT_S", 600))
     ctx.execution_no_progress_timeout_s = timeout
-    if os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") == "1":
-        ctx.enable_progress_bars = False
+    if os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") == "1" or ray_is_quiet():
+        ctx.enable_progress_bars = False   # alle_dist.progress draws one bar of its own
+        _add_filter_once("ray.data._internal.progress", _DropProgressHint)
+    _set_ray_data_console_level()
     ctx.print_on_execution_start = False
     # A UDF's own exception (e.g. a StorageError for an S3 403) reaches the driver as itself, not as
     # an opaque UserCodeException: errors.user_error_in finds it by type.
     ctx.raise_original_map_exception = True
+
+
+class _DropProgressHint(logging.Filter):
+    """Ray Data's "Progress bars disabled. To enable, ..." when alle_dist turned them off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Progress bars disabled" not in record.getMessage()
 
 
 def cluster_cpus() -> int:

@@ -21,6 +21,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 META_SOURCE = b"alle_dist.source"      # the SRC root that manifest paths are relative to
 META_CLASSES = b"alle_dist.classes"    # JSON list of class names, in index order
 META_SEED = b"alle_dist.seed"
+META_NEAR_RADIUS = b"alle_dist.near_radius"   # Hamming radius of the near-duplicate groups
+META_MANIFEST_ID = b"alle_dist.manifest_sha256"   # the manifest's identity (prepare.manifest.manifest_id)
 
 MANIFEST_SCHEMA = pa.schema([
     pa.field("path", pa.string(), nullable=False),        # relative to the source root, '/'-separated
@@ -28,6 +30,9 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("sha256", pa.string()),                      # null when the bytes could not be read
     pa.field("bytes", pa.int64()),
     pa.field("dup_group", pa.int64()),                    # rows with equal sha256 share it; -1 if unique
+    pa.field("phash", pa.int64()),                        # 64-bit DCT perceptual hash (signed); null if not decoded
+    pa.field("split_group", pa.int64()),                  # exact + near-duplicate group: one split unit; -1 alone
+    pa.field("group_reason", pa.string()),                # why: exact / near / exact+near; null when alone
     pa.field("split", pa.string()),                       # train / val / test; null for error rows
     pa.field("status", pa.string(), nullable=False),      # ok / error
     pa.field("error", pa.string()),                       # reason, for error rows

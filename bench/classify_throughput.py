@@ -42,7 +42,7 @@ def inputs(args, tmp: str) -> str:
     """A folder of exactly --n-images images (symlinks cycling over the source files)."""
     src = args.data or (str(SHARED) if SHARED.is_dir() else None)
     if src is None:
-        from alle_dist import synthetic
+        from alle_dist.testing import synthetic
         src = synthetic.generate(f"{tmp}/syn", n_per_class=max(args.n_images // 4, 8))
     files = [rel for rel, _ in storage.list_files(src, IMAGE_SUFFIXES)]
     if storage.is_s3(src):

@@ -26,6 +26,7 @@ from alle_dist.ensemble import probs as ens_probs
 from alle_dist.ensemble import rule as ens_rule
 from alle_dist.imaging.model_input import preprocess as model_input
 from alle_dist.io import storage
+from alle_dist.rundir import RunDir
 from alle_dist.io.images import decode_rgb, encode_png
 from alle_dist.models import feature_distance
 from alle_dist.models import field_stats
@@ -62,15 +63,14 @@ def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None) -> tuple
 def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int) -> dict:
     """Per backbone probabilities and Mahalanobis scores, the mask fraction and the image-statistics
     score (from the first backbone with image statistics), for encoded images."""
-    from alle_dist.predict import Predictor
+    from alle_dist.models import preprocessing
+    from alle_dist.models.predictor import Predictor
 
     probs, scores, mf, img, ref, cache = {}, {}, None, None, None, {}
     for b in backbones:
-        mdir = ens_rule.model_dir(run_dir, b)
+        mdir = RunDir(run_dir).model(b).root
         pred, stats = Predictor(mdir, device), _ood_stats(mdir)
-        cfg = pred.meta.get("config") or {}
-        segmented = (cfg.get("train") or {}).get("segmented", True)
-        seg = SegmentConfig(**cfg["segment"]) if segmented and cfg.get("segment") else (SegmentConfig() if segmented else None)
+        seg = preprocessing.read(pred.meta).segment    # the model's own, as recorded when it was trained
         key = (pred.image_size, seg)
         x, frac, feats = cache[key] if key in cache else cache.setdefault(key, preprocess(data, pred.image_size, seg))
         outs = [pred(x[i:i + batch]) for i in range(0, len(x), batch)]

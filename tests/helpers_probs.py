@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from alle_dist import schema
+from alle_dist.ensemble.lineage import snapshot
 from alle_dist.io import storage
+from alle_dist.models import files as model_files
+from alle_dist.models import lineage as model_lineage
+from alle_dist.prepare.manifest import manifest_id, recorded_id
+from alle_dist.rundir import RunDir
 
 
 CLASSES = ("Benign", "Early", "Pre", "Pro")
@@ -60,23 +65,33 @@ def write_probs(run_dir, backbone: str, split: str, paths, y, probs, ood=None, m
     cols["mask_fraction"] = (np.full(n, 0.2) if mask is None else np.asarray(mask)).astype(np.float32)
     cols["image_score"] = (np.zeros(n) if image is None else np.asarray(image)).astype(np.float32)
     table = pa.table(cols, schema=schema.probs_schema(list(classes)))
-    mdir = storage.join(str(run_dir), "models", backbone)
-    uri = storage.join(mdir, f"{split}_probs.parquet")
-    storage.write_parquet(table, uri)
-    if meta:
-        storage.write_json(storage.join(mdir, "meta.json"), {"architecture": backbone, "classes": list(classes)})
-    return uri
+    out = RunDir(str(run_dir)).model(backbone)
+    if meta:   # a model folder without weights: what the stages after training read of it, with lineage
+        write_model_meta(run_dir, backbone, classes)
+    storage.write_parquet(table.replace_schema_metadata(model_lineage.outputs_metadata(out)), out.probs(split))
+    return out.probs(split)
+
+
+def write_model_meta(run_dir, backbone: str, classes=CLASSES) -> dict:
+    """meta.json through models.files.write_meta, trained on RUN's manifest when there is one."""
+    run = RunDir(str(run_dir))
+    manifest = recorded_id(run) if storage.exists(run.manifest) else None
+    return model_files.write_meta(run.model(backbone).root, {
+        "architecture": backbone, "classes": list(classes), "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+        "sha256": "no weights in this test", "lineage": {"manifest": manifest}})
 
 
 def write_manifest(run_dir, source: Path, rows: list[dict], classes=CLASSES, seed: int = 0) -> None:
     """RUN/manifest.parquet (schema.MANIFEST_SCHEMA) for rows {path, label, split}; files must exist."""
     full = [{"path": r["path"], "label": r["label"], "sha256": None, "bytes": None, "dup_group": -1,
+             "phash": None, "split_group": -1, "group_reason": None,
              "split": r["split"], "status": schema.OK, "error": None} for r in rows]
     table = pa.Table.from_pylist(full, schema=schema.MANIFEST_SCHEMA)
-    table = table.replace_schema_metadata({schema.META_SOURCE: str(source).encode(),
-                                           schema.META_CLASSES: json.dumps(list(classes)).encode(),
-                                           schema.META_SEED: str(seed).encode()})
-    storage.write_parquet(table, storage.join(str(run_dir), "manifest.parquet"))
+    meta = {schema.META_SOURCE: str(source).encode(), schema.META_CLASSES: json.dumps(list(classes)).encode(),
+            schema.META_SEED: str(seed).encode()}
+    table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata({**meta, schema.META_MANIFEST_ID: manifest_id(table).encode()})
+    storage.write_parquet(table, RunDir(str(run_dir)).manifest)
 
 
 def corrections_case(tmp: Path):
@@ -104,15 +119,15 @@ def corrections_case(tmp: Path):
     pb = np.stack([onehot_mix(*r[2]) for r in rows])
     ood = np.r_[np.ones(6), 10.0]
     rng = np.random.default_rng(0)
-    for b, p in zip(BACKBONES, (pa_, pb)):
-        write_probs(run, b, "test", paths, y, p, ood=ood)
-        write_probs(run, b, "val", paths, y, p, ood=ood)
     for i, rel in enumerate(paths):
         f = src / rel
         f.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(f, format="JPEG")
     write_manifest(run, src, [{"path": p, "label": CLASSES[c], "split": "test"} for p, c in zip(paths, y)])
+    for b, p in zip(BACKBONES, (pa_, pb)):
+        write_probs(run, b, "test", paths, y, p, ood=ood)
+        write_probs(run, b, "val", paths, y, p, ood=ood)
     spec = ensemble.EnsembleSpec(BACKBONES, CLASSES, (0.5, 0.5), 0.5, (1.0, 1.0),
                                  {"ood_score": {"densenet201": 5.0, "resnet50": 5.0}})
-    ensemble.save_spec(str(run), spec, objective="test")
+    ensemble.save_spec(str(run), spec, objective="test", lineage=snapshot(RunDir(str(run)), BACKBONES))
     return run, src, paths

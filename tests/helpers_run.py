@@ -98,6 +98,8 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     import torch
     from alle_dist.models import registry as bb
     from alle_dist.ensemble import rule as ensemble
+    from alle_dist.ensemble.lineage import snapshot
+    from alle_dist.rundir import RunDir
     from alle_dist.models import feature_distance as ood
     from alle_dist.models import field_stats as imagestats
     from alle_dist.models import files as modelio
@@ -120,5 +122,5 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     w = weights or [1.0 / len(backbones)] * len(backbones)
     spec = ensemble.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,
                                  gamma=gamma, referral=referral or {})
-    ensemble.save_spec(str(run_dir), spec, objective="test")
+    ensemble.save_spec(str(run_dir), spec, objective="test", lineage=snapshot(RunDir(str(run_dir)), backbones))
     return run_dir

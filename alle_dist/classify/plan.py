@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ..config import ClassifyConfig, JobConfig
+from ..ensemble import lineage as ens_lineage
 from ..ensemble import rule as ensemble
 from ..errors import ConfigError
 from ..io import storage
@@ -27,22 +28,22 @@ class Models:
     run_dir: str
     spec: ensemble.EnsembleSpec
     metas: dict
-    model_sha256: str             # one hash over every backbone's weights + OOD stats + ensemble.json
+    model_sha256: str             # one hash over every backbone's identity (weights + meta + OOD stats) + ensemble.json
     hashes: dict = field(default_factory=dict)
 
 
 def resolve_models(run_dir: str) -> Models:
-    """Load the spec and check every model file's sha256 now (ModelIntegrityError), in the driver."""
+    """Load the spec and check every model file's sha256 and the ensemble's lineage now, in the driver
+    (ModelIntegrityError, StaleArtifactError)."""
     spec = ensemble.load_spec(run_dir)
+    ens_lineage.check(RunDir(run_dir), storage.read_json(RunDir(run_dir).ensemble))
     metas, hashes = {}, {}
     for b in spec.backbones:
         _, meta = model_files.load_state(RunDir(run_dir).model(b).root)   # reads + checks the weights' sha256
         if tuple(meta["classes"]) != spec.classes:
             raise ConfigError(f"{RunDir(run_dir).model(b).root}: classes {meta['classes']} differ from "
                               f"the ensemble's {list(spec.classes)}; rerun `alle-dist tune`")
-        metas[b], hashes[b] = meta, meta["sha256"]
-        if meta.get("ood"):
-            hashes[f"{b}/{model_files.OOD_FILE}"] = meta["ood"]["sha256"]
+        metas[b], hashes[b] = meta, model_files.model_id(meta)   # covers weights, meta.json and OOD stats
     hashes[RunDir.ENSEMBLE] = hashlib.sha256(storage.read_bytes(RunDir(run_dir).ensemble)).hexdigest()
     combined = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(hashes.items())).encode()).hexdigest()
     return Models(run_dir, spec, metas, combined, hashes)

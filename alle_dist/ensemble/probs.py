@@ -9,6 +9,7 @@ import numpy as np
 from .. import schema
 from ..errors import ConfigError, StorageError
 from ..io import storage
+from ..models import lineage as model_lineage
 from ..rundir import RunDir
 from .rule import Decision, EnsembleSpec, apply
 
@@ -52,14 +53,17 @@ def model_classes(run_dir: str, backbone: str) -> tuple[str, ...] | None:
 
 
 def load_probs(run_dir: str, backbones, split: str) -> SplitProbs:
-    """RUN/models/<b>/<split>_probs.parquet of each backbone, joined on path (order of the first)."""
+    """RUN/models/<b>/<split>_probs.parquet of each backbone, joined on path (order of the first); each
+    file must have been made by the model now in its folder (models.lineage.check_outputs)."""
     tables, classes = {}, None
     for b in backbones:
         uri = RunDir(run_dir).model(b).probs(split)
         if not storage.exists(uri):
             raise StorageError(f"{uri}: not found; train backbone {b!r} first "
                                        f"(`alle-dist train --run-dir {run_dir} --backbone {b}`) or drop it")
-        df = storage.read_parquet(uri).to_pandas()
+        table = storage.read_parquet(uri)
+        model_lineage.check_outputs(RunDir(run_dir).model(b), split, table.schema.metadata, b, run_dir)
+        df = table.to_pandas()
         cls = model_classes(run_dir, b) or tuple(sorted(c[2:] for c in df.columns if c.startswith("p_")))
         if classes is not None and cls != classes:
             raise ConfigError(f"{b}: classes {list(cls)} differ from {list(classes)}; train on one manifest")

@@ -6,8 +6,11 @@ cached validation arrays (`tune.with_parameters` puts them in the object store o
 is never read here. Writes RUN/ensemble.json and RUN/tune_config.yaml.
 
 Order: (1) a temperature per backbone (NLL on validation); (2) weights × γ by the objective, the γ
-rule alone counting against the coverage floor; (3) the unfamiliar-image thresholds, fitted so that
-the whole rule (γ + unfamiliar) still covers `referral_coverage` of the validation images.
+rule alone counting against the coverage floor (with `gamma_by_sgr`, γ is then SGR's threshold for
+`risk_target`); (3) the unfamiliar-image thresholds: the image rule's conformal threshold for
+(`referral_rate`, `confidence`), any other signal fitted so that the whole rule (γ + unfamiliar) still
+covers `referral_coverage` of the validation images; (4) `guarantees`: what each rule promises,
+recorded in ensemble.json (docs/referral-guarantees.md).
 """
 from __future__ import annotations
 
@@ -20,17 +23,19 @@ import uuid
 import numpy as np
 
 from .. import config as config_mod
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
+from ..referral import bounds
 from ..referral import rule as referral_rule
 from ..rundir import RunDir
 from ..runtime import secrets_hidden_from_ray
+from . import lineage
 from . import probs as probs_mod
 from . import rule as ensemble
 from .rule import PAPER_GAMMAS, PAPER_WEIGHTS
 
 log = logging.getLogger("alle_dist.tune")
 
-OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
+OBJECTIVES = config_mod.TUNE_OBJECTIVES
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray, bounds=(0.5, 10.0)) -> float:
@@ -100,7 +105,8 @@ def image_rule_refers(data: probs_mod.SplitProbs, cfg: config_mod.TuneConfig) ->
     """Which validation images the image-statistics rule refers (None when it is off or can't run)."""
     if not (cfg.referral and "image_score" in cfg.referral_signals):
         return None
-    rule = referral_rule.fit_image_rule(data.image_score, data.image_reference, cfg.image_quantile)
+    rule = referral_rule.fit_image_rule(data.image_score, data.image_reference, cfg.image_quantile,
+                                        cfg.referral_rate, cfg.confidence)
     if not rule:
         return None
     return referral_rule.referral_flags(rule, data.probs, None, None, data.image_score)["odd_image"]
@@ -144,9 +150,12 @@ def search(data: probs_mod.SplitProbs, temperatures, cfg: config_mod.TuneConfig)
     try:
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=cfg.seed),
-                                        max_concurrent_trials=cfg.max_concurrent_trials),
-            run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0),
+            # Tune ignores TuneConfig(max_concurrent_trials) with a BasicVariantGenerator (it warns so):
+            # the generator limits concurrency itself.
+            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(
+                random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials)),
+            run_config=tune.RunConfig(name=f"ensemble-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0,
+                                      callbacks=[trial_progress(len(points), cfg.objective)]),
         )
         with secrets_hidden_from_ray():
             results = tuner.fit()
@@ -157,6 +166,28 @@ def search(data: probs_mod.SplitProbs, temperatures, cfg: config_mod.TuneConfig)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [_keep(m, m["source"]) for m in metrics]
+
+
+def trial_progress(total: int, objective: str):
+    """A Tune callback (it runs on the driver): trials done / total and the best objective so far,
+    as a bar on a terminal or a line every few seconds in a log (alle_dist.progress)."""
+    from ray.tune import Callback
+
+    from ..progress import Progress
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.bar, self.best = Progress("tune: trials", total, unit="trial", interval_s=5), None
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            value = (trial.last_result or {}).get(objective)
+            self.best = value if self.best is None or (value is not None and value > self.best) else self.best
+            self.bar.update(1, postfix=f"best {objective} so far {self.best:.4f}" if self.best is not None else None)
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialProgress()
 
 
 def _keep(result: dict, source: str) -> dict:
@@ -174,20 +205,65 @@ def finish(data: probs_mod.SplitProbs, temperatures, best: dict, cfg: config_mod
     referral = referral_rule.fit_referral(scaled, data.ood, data.mask_fraction, cfg.referral_coverage,
                                      already_referred=low_conf, signals=cfg.referral_signals,
                                      image_score=data.image_score, image_reference=data.image_reference,
-                                     image_quantile=cfg.image_quantile) if cfg.referral else referral_rule.ReferralRule()
+                                     image_quantile=cfg.image_quantile, referral_rate=cfg.referral_rate,
+                                     confidence=cfg.confidence) if cfg.referral else referral_rule.ReferralRule()
     spec = ensemble.EnsembleSpec(backbones, data.classes, best["weights"], best["gamma"], temperatures, referral)
     d = probs_mod.apply_split(spec, data)
     return spec, decision_metrics(data.y, d.label, d.refer, len(data.classes))
 
 
+def sgr_gamma(data: probs_mod.SplitProbs, temperatures, best: dict, cfg: config_mod.TuneConfig) -> dict:
+    """`best` with γ replaced by SGR's threshold for `risk_target` on validation (same weights)."""
+    fit = _sgr(data, temperatures, best["weights"], cfg)
+    if not fit["feasible"]:
+        raise ConfigError(f"tune.gamma_by_sgr: no γ certifies an error rate ≤ {cfg.risk_target} among accepted "
+                          f"images at confidence {cfg.confidence} on {fit['n']} validation images (the best "
+                          f"bound reached is {fit['risk_bound']:.3f}); raise --selective-risk or drop it")
+    return {**best, "gamma": fit["threshold"], "source": f"{best['source']}+sgr"}
+
+
+def _sgr(data, temperatures, weights, cfg) -> dict:
+    spec = ensemble.EnsembleSpec(tuple(data.probs), data.classes, weights, 0.0, temperatures)
+    d = ensemble.apply(spec, data.probs)
+    return bounds.selective_risk_bound(d.confidence, d.probs.argmax(1) == data.y, cfg.risk_target,
+                                       1 - cfg.confidence)
+
+
+def guarantees(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec, cfg: config_mod.TuneConfig,
+               gamma_by_sgr: bool = False) -> dict:
+    """The "guarantees" of ensemble.json: the image rule's conformal fit (its provenance in the rule),
+    the whole rule's validation referral rate with its Clopper-Pearson bound (optimistic: γ and the
+    thresholds were fitted on these images), and the γ rule's selective risk (SGR at `risk_target`,
+    and the chosen γ's bound on validation)."""
+    delta = 1 - cfg.confidence
+    d = probs_mod.apply_split(spec, data)
+    gamma_ok = np.array(["low_confidence" not in (r or "") for r in d.reason])
+    errors = d.probs.argmax(1) != data.y
+    return {
+        "alpha": cfg.referral_rate, "confidence": cfg.confidence, "delta": delta,
+        "image_rule": spec.referral.fit.get("image_rule"),
+        "whole_rule_validation": {**bounds.rate_upper_bound(d.refer, delta),
+                                  "note": "optimistic: γ and the thresholds were fitted on these images"},
+        "gamma_rule": {"gamma": spec.gamma, "set_by": "sgr" if gamma_by_sgr else "search",
+                       "sgr": _sgr(data, spec.temperatures, spec.weights, cfg),
+                       "validation": bounds.selective_risk_upper(errors, gamma_ok, delta)},
+    }
+
+
 def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> probs_mod.SplitProbs:
     """The cached validation outputs: the only split this stage reads."""
+    controls = [b for b in cfg.backbones if RunDir.CONTROL in b]
+    if controls:
+        raise ConfigError(f"tune.backbones {controls}: shortcut controls (train --control) are never ensemble "
+                          "members; drop them from --backbones")
+    lineage.snapshot(RunDir(run_dir), cfg.backbones)   # every member trained on RUN's current manifest
     data = probs_mod.load_probs(run_dir, list(cfg.backbones), "val")
     if (data.y < 0).any():
         raise UsageError(f"{run_dir}: validation labels outside the classes {list(data.classes)}")
     if not len(data.y):
         raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
     data.image_reference = probs_mod.image_reference(run_dir, cfg.backbones)
+    image_rule_refers(data, cfg)         # an (α, confidence) too strict for the calibration set fails here
     if cfg.referral and "image_score" in cfg.referral_signals and data.image_score is None:
         log.warning("%s: the validation files carry no image_score (models trained before alle_dist had "
                     "image statistics): unfamiliar images are referred by γ alone; retrain "
@@ -202,36 +278,35 @@ def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | N
                   for b in cfg.backbones)
     trials = search(data, temps, cfg)
     best = select_best(trials, cfg.objective, cfg.min_coverage)
+    best = sgr_gamma(data, temps, best, cfg) if cfg.gamma_by_sgr else best
     spec, metrics = finish(data, temps, best, cfg)
     extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
-             "metrics": {"validation": metrics}, "trials": trials}
+             "metrics": {"validation": metrics}, "guarantees": guarantees(data, spec, cfg, cfg.gamma_by_sgr),
+             "trials": trials, "lineage": lineage.snapshot(RunDir(run_dir), cfg.backbones)}
     ensemble.save_spec(run_dir, spec, **extra)
-    log.info("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
+    log.debug("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
     return {**ensemble.spec_doc(ensemble.load_spec(run_dir)), **extra}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with models/<backbone>/")
-    p.add_argument("--backbones", default=None, help="comma-separated, in weight order (default densenet201,resnet50)")
-    p.add_argument("--objective", default=None, choices=OBJECTIVES)
-    p.add_argument("--min-coverage", type=float, default=None, help="validation coverage floor of the γ rule")
-    p.add_argument("--num-samples", type=int, default=None, help="random-search trials besides the paper's grid")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--tune-training", action="store_true",
-                   help="instead: tune the training lr and batch size by running the train stage inside Tune "
-                        "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
-    p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
-    p.add_argument("--training-samples", type=int, default=None, help="--tune-training: number of training runs")
+_NONE = "none"   # --referral-rate none: the uncalibrated quantile (flags.tune)
 
 
 def main(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ..runtime import init_ray
 
-    overrides = {"objective": args.objective, "min_coverage": args.min_coverage,
-                 "num_samples": args.num_samples, "seed": args.seed,
-                 "backbones": tuple(args.backbones.split(",")) if args.backbones else None}
-    overrides["training_samples"] = args.training_samples
-    job = config_mod.job_config(args.config, tune=overrides, train={"backbone": args.backbone})
+    # --backbone is train.backbone (for --tune-training); every other flag is a tune field.
+    over = config_mod.overrides(args, config_mod.TuneConfig)
+    if over.get("referral_rate") == _NONE:
+        over.pop("referral_rate")
+    if getattr(args, "selective_risk", None) is not None:   # γ by SGR at that error rate
+        over.update(risk_target=args.selective_risk, gamma_by_sgr=True)
+    job = config_mod.job_config(args.config, tune=over, train={"backbone": args.backbone})
+    if getattr(args, "referral_rate", None) == _NONE:     # None overrides are ignored: say it explicitly
+        job = dataclasses.replace(job, tune=dataclasses.replace(job.tune, referral_rate=None))
+    # A wrong RUN fails in a second, before Ray starts (--tune-training trains: it needs a manifest).
+    RunDir(args.run_dir).check_ready("train" if args.tune_training else "tune")
     if args.tune_training:
         from ..train.hyperparams import tune_training
 
@@ -243,6 +318,27 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.num_cpus)
     doc = run(args.run_dir, job.tune, data)
     config_mod.save_resolved(RunDir(args.run_dir).config("tune"), job, run_dir=args.run_dir)
-    print(f"{RunDir.ENSEMBLE}: weights={doc['weights']} gamma={doc['gamma']:.3f} "
-          f"val={doc['metrics']['validation']}")
+    val = doc["metrics"]["validation"]
+    weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))
+    print(f"{RunDir.ENSEMBLE}: weights {weights}, gamma {doc['gamma']:.3f}; validation n={val['n']} "
+          f"coverage {val['coverage']:.3f} accuracy {val['accuracy_referral_as_error']:.3f} "
+          f"→ {RunDir(args.run_dir).ensemble}")
+    print(guarantee_line(doc["guarantees"]))
     return 0
+
+
+def guarantee_line(g: dict) -> str:
+    """One line for the terminal: what the image rule, the whole rule and the γ rule promise."""
+    img, sgr, whole = g.get("image_rule") or {}, g["gamma_rule"]["sgr"], g["whole_rule_validation"]
+    if not img:
+        first = "image rule off"
+    elif img["method"] == "quantile":
+        first = "image rule: uncalibrated quantile (no guarantee)"
+    else:
+        first = (f"image rule refers ≤ {img['alpha_bound']:.4f} of in-distribution images at confidence "
+                 f"{g['confidence']} (n_val={img['n_val']}, n_oof={img['n_oof']})")
+    risk = (f"SGR: error rate ≤ {sgr['risk_bound']:.4f} among accepted at γ ≥ {sgr['threshold']:.3f} "
+            f"(coverage {sgr['coverage']:.3f})" if sgr["feasible"] else
+            f"SGR: no γ certifies an error rate ≤ {sgr['target_risk']} (best bound {sgr['risk_bound']:.3f})")
+    return (f"guarantees: {first}; whole rule on validation {whole['rate']:.4f} referred (≤ {whole['upper']:.4f}, "
+            f"optimistic); {risk}")

@@ -1,5 +1,6 @@
 """Test-split metrics (pure): per class one-vs-rest and overall, confusion, calibration, ROC,
-coverage–risk, the paper's Table 3.
+coverage–risk (AURC and AUGRC), the paper's Table 3, the referral guarantees checked on the test split
+(`guarantee_rows`) and the shortcut control's reading (`control_summary`).
 
 Conventions: a referred image counts as predicted "no class" (a false negative of its true class,
 a true negative of every other); `overall.accuracy` is the share of images given their true label
@@ -16,6 +17,8 @@ import numpy as np
 from ..ensemble import probs as probs_mod
 from ..ensemble import rule as ensemble
 from ..ensemble.rule import PAPER_GAMMAS, PAPER_WEIGHTS
+from ..referral import bounds
+from ..referral.rule import referral_flags
 
 ENSEMBLE = "ensemble"
 
@@ -67,13 +70,16 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[float, dict]:
 
 
 def coverage_risk(confidence: np.ndarray, correct: np.ndarray) -> dict:
-    """Risk (error rate among accepted) at each coverage, accepting the most confident first."""
+    """Risk (error rate among accepted) at each coverage, accepting the most confident first; AURC
+    (mean over ranks) and AUGRC (Traub et al. 2024: the area under P(error and accepted), which a
+    system can't improve by referring almost everything; referral.bounds.augrc)."""
     order = np.argsort(-confidence, kind="stable")
     errors = np.cumsum(~correct[order])
     k = np.arange(1, len(order) + 1)
     risk = errors / k
     return {"coverage": (k / len(order)).tolist(), "risk": risk.tolist(),
-            "aurc": float(np.mean(risk)) if len(risk) else 0.0}
+            "aurc": float(np.mean(risk)) if len(risk) else 0.0,
+            "augrc": bounds.augrc(confidence, correct) if len(risk) else 0.0}
 
 
 def roc(probs: np.ndarray, y: np.ndarray, classes) -> dict:
@@ -153,3 +159,61 @@ def table3(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec) -> list[dict
             m = class_metrics(data.y, d.label, spec.classes)["overall"]
             rows.append({"weights": list(w), "gamma": g, "coverage": float(1 - d.refer.mean()), **m})
     return rows
+
+
+# ---------------------------------------------------------------- guarantees and the shortcut control
+
+def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: str) -> dict:
+    """One row of doc["guarantees"] (evaluate.page renders the keys as columns). `violated`: the test
+    split shows at level δ that the true rate is above the bound (referral.bounds.binomial_exceeds),
+    not merely an observed rate above it."""
+    violated = None if bound is None or n == 0 else bounds.binomial_exceeds(k, n, float(bound), delta)
+    return {"name": name, "alpha": alpha, "delta": delta, "bound": bound,
+            "observed": k / n if n else None, "n": n, "violated": violated, "basis": basis}
+
+
+def guarantee_rows(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec, g: dict | None) -> list[dict]:
+    """The test split's referral rates (image rule, whole rule) and the error rate among γ-accepted
+    images, each beside the bound tune recorded in ensemble.json's "guarantees" (`g`)."""
+    if not g:
+        return []
+    delta, n = float(g["delta"]), len(data.y)
+    d = probs_mod.apply_split(spec, data)
+    rows = []
+    img = g.get("image_rule") or {}
+    if img.get("alpha_bound") is not None and data.image_score is not None:
+        odd = referral_flags(spec.referral, data.probs, None, None, data.image_score)["odd_image"]
+        rows.append(guarantee_row("image rule: share of test images referred", img["alpha_bound"], img["alpha"],
+                                  delta, int(odd.sum()), n, "conformal, calibration-conditional"))
+    whole = g.get("whole_rule_validation") or {}
+    rows.append(guarantee_row("whole rule: share of test images referred", whole.get("upper"), None, delta,
+                              int(d.refer.sum()), n, "validation Clopper-Pearson (optimistic)"))
+    gr = g.get("gamma_rule") or {}
+    accepted = np.array(["low_confidence" not in (r or "") for r in d.reason], bool)
+    wrong = (d.probs.argmax(1) != data.y) & accepted
+    by_sgr = gr.get("set_by") == "sgr"
+    bound = (gr.get("sgr") or {}).get("risk_bound") if by_sgr else (gr.get("validation") or {}).get("upper")
+    rows.append(guarantee_row("γ rule: error rate among accepted test images", bound,
+                              (gr.get("sgr") or {}).get("target_risk"), delta, int(wrong.sum()), int(accepted.sum()),
+                              "SGR" if by_sgr else "validation Clopper-Pearson (optimistic)"))
+    return rows
+
+
+def control_summary(backbone: str, y: np.ndarray, pred: np.ndarray, real_accuracy: float | None,
+                    delta: float = 0.05) -> dict:
+    """doc["control"]: the shortcut control's test accuracy beside chance (always the most common
+    test class) and the real model's (`real_accuracy`, same backbone), with a plain-language reading.
+    Near chance = not significantly above it at level δ (binomial test); far above = at least half
+    of the real model's margin over chance."""
+    n, k = len(y), int(np.sum(pred == y))
+    acc = k / n if n else 0.0
+    chance = float(np.bincount(y[y >= 0]).max() / n) if n else 0.0
+    if not n or not bounds.binomial_exceeds(k, n, chance, delta):
+        reading = "near chance: without the cell the model can't tell the classes apart, so it needs the cell"
+    elif real_accuracy is not None and acc - chance >= 0.5 * (real_accuracy - chance):
+        reading = ("far above chance: the background alone (red cells, plasma, stain, illumination) predicts "
+                   "the class, so the data allows shortcuts; check where the real models look (Grad-CAM)")
+    else:
+        reading = "above chance: the background carries some class information the models could use"
+    return {"backbone": backbone, "accuracy": acc, "chance": chance, "real_accuracy": real_accuracy,
+            "reading": reading}

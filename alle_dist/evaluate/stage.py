@@ -11,10 +11,12 @@ import argparse
 import logging
 
 from .. import config as config_mod
+from ..ensemble import lineage as ens_lineage
 from ..ensemble import probs as probs_mod
 from ..ensemble import rule as ensemble
+from ..io import storage
 from ..rundir import RunDir
-from .metrics import ENSEMBLE, model_metrics, model_outputs, table3
+from .metrics import ENSEMBLE, control_summary, guarantee_rows, model_metrics, model_outputs, table3
 
 log = logging.getLogger("alle_dist.evaluate")
 
@@ -23,11 +25,17 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
     """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
     from . import gallery, report
 
+    run = RunDir(run_dir)
     spec = ensemble.load_spec(run_dir)
+    now = ens_lineage.check(run, storage.read_json(run.ensemble))   # nothing stale behind ensemble.json
     data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
-    for extra in sorted(set(RunDir(run_dir).trained_models()) - set(spec.backbones)):   # baselines: on their own rows
+    trained = set(run.trained_models()) - set(spec.backbones)
+    controls = sorted(b for b in trained if RunDir.CONTROL in b)     # shortcut controls: never a baseline
+    for name in sorted(trained):   # baselines and controls were trained on this split too
+        now["models"].update(ens_lineage.snapshot(run, [name])["models"])
+    for extra in sorted(trained - set(controls)):   # baselines: on their own rows
         bd = probs_mod.load_probs(run_dir, [extra], "test")
         models[extra] = model_metrics(model_outputs(bd, None)[extra], bd.y, bd.classes)
     ens = models[ENSEMBLE]
@@ -35,10 +43,33 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
            "ece": ens["ece"], "n": ens["n"], "accuracy_on_accepted": ens["accuracy_on_accepted"],
            "ensemble": {"backbones": list(spec.backbones), "weights": list(spec.weights), "gamma": spec.gamma,
                         "temperatures": list(spec.temperatures)},
-           "table3": table3(data, spec), "models": models}
+           "table3": table3(data, spec), "models": models,
+           "lineage": {"ensemble": ens_lineage.ensemble_sha256(run), **now}}
+    doc["guarantees"] = guarantee_rows(data, spec, storage.read_json(run.ensemble).get("guarantees"))
+    if controls:
+        doc["control"] = _control(run_dir, controls[0], models)
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
     report.write_report(run_dir, doc, gallery.build(run_dir, data, outputs, spec))
     return doc
+
+
+def _control(run_dir: str, name: str, models: dict) -> dict:
+    """The shortcut control's test accuracy beside its backbone's (train --control)."""
+    cd = probs_mod.load_probs(run_dir, [name], "test")
+    backbone = name.split(RunDir.CONTROL)[0]
+    real = (models.get(backbone) or models[ENSEMBLE])["overall"]["accuracy"]
+    return control_summary(backbone, cd.y, cd.probs[name].argmax(1), real)
+
+
+def _guarantee_lines(doc: dict) -> list[str]:
+    fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"  {r['name']}: {fmt(r['observed'])} of n={r['n']}, bound {fmt(r['bound'])} ({r['basis']})"
+             f"{' VIOLATED' if r['violated'] else ''}" for r in doc.get("guarantees") or []]
+    c = doc.get("control")
+    if c:
+        lines.append(f"  shortcut control {c['backbone']}: accuracy {c['accuracy']:.4f}, chance {c['chance']:.4f}, "
+                     f"{c['backbone']} {fmt(c['real_accuracy'])}: {c['reading']}")
+    return lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
 
-    job = config_mod.job_config(args.config, evaluate={"max_corrections_copied": args.max_corrections_copied})
+    job = config_mod.job_config(args.config, evaluate=config_mod.overrides(args, config_mod.EvaluateConfig))
+    RunDir(args.run_dir).check_ready("evaluate")   # a wrong RUN fails in a second, before Ray starts
     ensemble.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
     init_ray(args.num_cpus)
     doc = evaluate_run(args.run_dir, job.evaluate)
@@ -58,4 +90,6 @@ def main(args: argparse.Namespace) -> int:
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")
+    for line in _guarantee_lines(doc):
+        print(line)
     return 0

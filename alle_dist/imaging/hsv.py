@@ -2,7 +2,8 @@
 
 RGB → HSV; pixels inside [hsv_lower, hsv_upper] are the stained cells; a morphological opening and
 closing clean the mask, small components (red-cell rims, debris) are dropped, and the mask is
-applied to the image. Thresholds and their choice: docs/segmentation.md.
+applied to the image. Thresholds and their choice: docs/segmentation.md. `remove_cells` is the inverse,
+for the shortcut control: the kept cells inpainted away, only background and red cells left.
 """
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ def segment_image(rgb: np.ndarray, cfg: SegmentConfig = SegmentConfig()) -> tupl
     out = np.full_like(rgb, cfg.background)
     np.copyto(out, rgb, where=mask[:, :, None].astype(bool))
     return out, mask
+
+
+def remove_cells(rgb: np.ndarray, mask: np.ndarray, grow: float = 0.02, radius: int = 3) -> np.ndarray:
+    """rgb with the pixels of `mask` (hsv_mask: the segmented cells) inpainted away: the shortcut
+    control's input, only background and red cells left.
+
+    The mask is grown by `grow` × the shorter side first: the pale cytoplasm and the stain halo
+    around a nucleus lie outside the HSV interval, and left in place they would outline the cell.
+    Inpainting (OpenCV's Telea) rather than a flat fill: a flat patch in the background colour would
+    keep the cell's silhouette, i.e. its size and shape, which is itself a class cue."""
+    px = max(1, round(grow * min(rgb.shape[:2])))
+    grown = cv2.dilate((mask > 0).astype(np.uint8) * 255,
+                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1)))
+    if not grown.any():
+        return rgb.copy()
+    return cv2.inpaint(np.ascontiguousarray(rgb), grown, radius, cv2.INPAINT_TELEA)
 
 
 def mask_fraction(mask: np.ndarray) -> float:

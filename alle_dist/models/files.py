@@ -62,6 +62,28 @@ def load_tensors(uri: str, sha256: str | None) -> dict[str, torch.Tensor]:
         raise ModelIntegrityError(f"{uri}: not a valid safetensors file ({exc}); retrain or restore it") from None
 
 
+INTEGRITY = "meta_sha256"   # meta.json's own hash: edits behind the weights' hash are caught
+
+
+def _canonical(meta: dict) -> bytes:
+    body = {k: v for k, v in meta.items() if k != INTEGRITY}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def write_meta(model_dir: str, meta: dict) -> dict:
+    """Write the meta file with its own sha256 (over everything else in it, the weights' and the referral
+    statistics' sha256 included): that hash is the model's identity (`model_id`)."""
+    final = {**meta, INTEGRITY: hashlib.sha256(_canonical(meta)).hexdigest()}
+    storage.write_json(storage.join(model_dir, META_FILE), final)
+    return final
+
+
+def model_id(meta: dict) -> str:
+    """The model's identity: covers its weights, its meta.json (preprocessing, classes, lineage) and its
+    referral statistics, since meta.json records their sha256 and its own hash covers those."""
+    return meta[INTEGRITY]
+
+
 def read_meta(model_dir: str) -> dict:
     uri = storage.join(model_dir, META_FILE)
     if not storage.exists(uri):
@@ -71,9 +93,12 @@ def read_meta(model_dir: str) -> dict:
         meta = json.loads(storage.read_bytes(uri))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelIntegrityError(f"{uri}: not valid JSON ({exc}); retrain or restore it") from None
-    missing = [k for k in REQUIRED_META + ("sha256",) if not isinstance(meta, dict) or k not in meta]
+    missing = [k for k in REQUIRED_META + ("sha256", INTEGRITY) if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ModelIntegrityError(f"{uri}: missing key(s) {missing}; retrain or restore it")
+    if hashlib.sha256(_canonical(meta)).hexdigest() != meta[INTEGRITY]:
+        raise ModelIntegrityError(f"{uri}: edited after it was written (its {INTEGRITY} does not match its "
+                                  "contents); retrain the model or restore the original file")
     return meta
 
 
@@ -83,9 +108,7 @@ def save_model(model_dir: str, model: nn.Module, meta: dict) -> dict:
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}")
     sha = save_tensors(storage.join(model_dir, WEIGHTS_FILE), unwrap(model).state_dict())
-    final = {**meta, "format": FORMAT_VERSION, "weights_file": WEIGHTS_FILE, "sha256": sha}
-    storage.write_json(storage.join(model_dir, META_FILE), final)
-    return final
+    return write_meta(model_dir, {**meta, "format": FORMAT_VERSION, "weights_file": WEIGHTS_FILE, "sha256": sha})
 
 
 def load_state(model_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,8 +141,7 @@ def copy_model(src_dir: str, dst_dir: str, **meta_updates) -> dict:
     storage.write_bytes(storage.join(dst_dir, WEIGHTS_FILE), data)
     final = {k: v for k, v in {**meta, **meta_updates}.items() if v is not None}  # None drops a key
     final["weights_file"] = WEIGHTS_FILE
-    storage.write_json(storage.join(dst_dir, META_FILE), final)
-    return final
+    return write_meta(dst_dir, final)
 
 
 # ---------------------------------------------------------------- side files of a model folder
@@ -131,9 +153,7 @@ def save_ood(model_dir: str, stats: dict) -> dict:
     """Write alle_dist.ood statistics beside a model; their sha256 goes into its meta.json."""
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stats.items()}
     sha = save_tensors(storage.join(model_dir, OOD_FILE), tensors)
-    meta = {**read_meta(model_dir), "ood": {"file": OOD_FILE, "sha256": sha}}
-    storage.write_json(storage.join(model_dir, META_FILE), meta)
-    return meta
+    return write_meta(model_dir, {**read_meta(model_dir), "ood": {"file": OOD_FILE, "sha256": sha}})
 
 
 def load_ood(model_dir: str) -> dict:

@@ -12,6 +12,7 @@ from .. import schema
 from ..errors import DecodeError, StorageError, UsageError
 from ..io import storage
 from ..io.images import decode_rgb
+from . import neardup
 
 log = logging.getLogger("alle_dist.prepare")
 
@@ -25,35 +26,61 @@ def image_uri(source: str, rel_path: str) -> str:
 
 
 def list_labelled(src: str) -> list[tuple[str, str]]:
-    """(relative path, class) of every image under src; the class is the parent folder's name.
+    """(relative path, class) of every image under src. The class is the FIRST folder below the root
+    (below Original/ for the public dataset's layout): images in nested subfolders of a class folder
+    belong to that class (Pre/sub/deeper/x.jpg is a Pre image), never to a class named after a subfolder.
 
-    Raises StorageError for a missing / unreachable / empty source and UsageError for one class.
+    Raises StorageError for a missing / unreachable / empty source and UsageError for one class; warns
+    about class folders that hold no image.
     """
     files = [rel for rel, _ in storage.list_files(src, schema.IMAGE_SUFFIXES)]
     tops = {rel.split("/")[0] for rel in files if "/" in rel}
-    if {ORIGINAL_DIR, SEGMENTED_DIR} <= tops:
-        # The public dataset's root: catalogue the originals only, not every image twice.
-        log.warning("%s has %s/ and %s/: cataloguing %s/ only", src, ORIGINAL_DIR, SEGMENTED_DIR, ORIGINAL_DIR)
-        files = [rel for rel in files if rel.startswith(ORIGINAL_DIR + "/")]
+    prefix = ""
+    if ORIGINAL_DIR in tops and tops <= {ORIGINAL_DIR, SEGMENTED_DIR}:
+        # The public dataset's layout: the classes are below Original/; catalogue the originals only,
+        # not every image twice when Segmented/ is there too.
+        if SEGMENTED_DIR in tops:
+            log.warning("%s has %s/ and %s/: cataloguing %s/ only", src, ORIGINAL_DIR, SEGMENTED_DIR, ORIGINAL_DIR)
+        prefix = ORIGINAL_DIR + "/"
+        files = [rel for rel in files if rel.startswith(prefix)]
     if not files:
         raise StorageError(
             f"{src}: no image files ({', '.join(schema.IMAGE_SUFFIXES)}) found; point --data at a folder "
             "or s3:// prefix that holds <class>/<image> files")
-    items = [(rel, rel.split("/")[-2] if "/" in rel else "") for rel in files]
+    items = [(rel, _class_of(rel[len(prefix):])) for rel in files]
     classes = sorted({c for _, c in items if c})
     layout = "<class>/<image> or Original/<class>/<image>"
     if not classes:
         raise UsageError(f"{src}: the images are not inside class folders; lay them out as {layout}")
     if len(classes) < 2:
         raise UsageError(f"{src}: found 1 class folder(s) ({classes[0]}); need at least two, laid out as {layout}")
+    for folder in sorted(set(_class_folders(src, prefix)) - set(classes)):
+        log.warning("%s: class folder %r holds no images (%s); it is not a class of this run",
+                    src, folder, ", ".join(schema.IMAGE_SUFFIXES))
     return items
+
+
+def _class_of(rel: str) -> str:
+    """The first folder of a path relative to the class root; '' for a file at the root itself."""
+    return rel.split("/")[0] if "/" in rel else ""
+
+
+def _class_folders(src: str, prefix: str) -> list[str]:
+    """The folder names right below the class root (the candidates for classes)."""
+    import pyarrow.fs as pafs
+
+    fs, base = storage.resolve(storage.join(src, prefix) if prefix else src)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+    return [i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")]
 
 
 # ---------------------------------------------------------------- per-file check (pure)
 
 def check_file(source: str, rel: str, label: str) -> dict:
-    """One manifest row (without dup_group / split): read, sha256, decode check; never raises."""
-    row = {"path": rel, "label": label, "sha256": None, "bytes": None, "status": schema.OK, "error": None}
+    """One manifest row (without groups / split): read, sha256, decode check, perceptual hash (of the
+    decoded pixels, for near-duplicate groups); never raises."""
+    row = {"path": rel, "label": label, "sha256": None, "bytes": None, "phash": None, "status": schema.OK,
+           "error": None}
     if not label:
         return {**row, "status": schema.ERROR, "error": "not inside a class folder (<class>/<image>)"}
     try:
@@ -62,7 +89,7 @@ def check_file(source: str, rel: str, label: str) -> dict:
         return {**row, "status": schema.ERROR, "error": f"unreadable: {storage.first_line(exc)}"}
     row.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     try:
-        decode_rgb(data)
+        row["phash"] = neardup.to_int64(neardup.dct_hash(decode_rgb(data)))
     except DecodeError as exc:
         row.update(status=schema.ERROR, error=str(exc))
     return row
@@ -71,4 +98,4 @@ def check_file(source: str, rel: str, label: str) -> dict:
 def check_batch(batch: dict, source: str) -> dict:
     """Ray Data batch (columns path, label) → manifest columns; bad files become error rows."""
     rows = [check_file(source, str(p), str(c)) for p, c in zip(batch["path"], batch["label"])]
-    return {k: [r[k] for r in rows] for k in ("path", "label", "sha256", "bytes", "status", "error")}
+    return {k: [r[k] for r in rows] for k in ("path", "label", "sha256", "bytes", "phash", "status", "error")}

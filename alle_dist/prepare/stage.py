@@ -7,6 +7,7 @@ Writes `RUN/manifest.parquet` and `RUN/prepare_config.yaml`.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import Counter
 
 import pyarrow as pa
@@ -18,6 +19,8 @@ from ..rundir import RunDir
 from .catalog import check_batch, list_labelled
 from .manifest import manifest_table
 
+log = logging.getLogger("alle_dist.prepare")
+
 
 def build_manifest(src: str, seed: int, cfg: PrepareConfig,
                    items: list[tuple[str, str]] | None = None) -> pa.Table:
@@ -25,6 +28,7 @@ def build_manifest(src: str, seed: int, cfg: PrepareConfig,
     image as Ray Data tasks, and split. Needs Ray up."""
     import ray
 
+    from ..progress import iter_rows
     from ..runtime import cluster_cpus
 
     items = items if items is not None else list_labelled(src)
@@ -32,7 +36,8 @@ def build_manifest(src: str, seed: int, cfg: PrepareConfig,
     # A few blocks per task so a slow S3 object doesn't hold up the rest.
     ds = ray.data.from_items([{"path": p, "label": c} for p, c in items],
                              override_num_blocks=max(1, min(len(items), n_tasks * 4)))
-    out = ds.map_batches(check_batch, fn_kwargs={"source": src}, batch_size=64).take_all()
+    out = iter_rows(ds.map_batches(check_batch, fn_kwargs={"source": src}, batch_size=64),
+                    "prepare: reading + hashing", len(items))
     return manifest_table(out, src, seed, cfg)
 
 
@@ -47,28 +52,53 @@ def summary(table: pa.Table) -> str:
         vals = [counts[(cls, c)] for c in cols]
         lines.append(f"{cls or '(none)':<12}" + "".join(f"{v:>8}" for v in vals) + f"{sum(vals):>8}")
     n_dup = len({g for g in table.column("dup_group").to_pylist() if g >= 0})
+    reasons = Counter(r for r in table.column("group_reason").to_pylist() if r)
+    n_near = len({g for g, r in zip(table.column("split_group").to_pylist(), table.column("group_reason").to_pylist())
+                  if r and "near" in r})
     n_err = sum(v for (_, k), v in counts.items() if k == schema.ERROR)
-    lines.append(f"{len(rows)} files, {n_err} errors, {n_dup} duplicate groups")
+    n_conflict = sum(1 for e in table.column("error").to_pylist() if e and e.startswith("conflicting labels"))
+    lines.append(f"{len(rows)} files, {n_err} errors ({n_conflict} with conflicting labels), {n_dup} exact-duplicate "
+                 f"groups, {n_near} near-duplicate groups ({reasons.get('near', 0) + reasons.get('exact+near', 0)} "
+                 "files); every group stays in one split")
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of <class>/<image> files")
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory (local or s3://) to write the manifest into")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: prepare.seed, 0)")
-    p.add_argument("--hash-workers", type=int, default=None, help="Ray Data tasks for read + hash (default: cluster CPUs)")
+def guard_existing(run: RunDir, table: pa.Table) -> bool:
+    """Before writing a manifest into a run directory that has one: True when it is identical (a no-op);
+    refuse (StaleArtifactError) when artifacts made from the old split exist; else replace it, said."""
+    from ..errors import StaleArtifactError
+    from .manifest import manifest_id, recorded_id
+
+    if not storage.exists(run.manifest):
+        return False
+    old, new = recorded_id(run), manifest_id(table)
+    if old == new:
+        return True
+    made_from_it = [f"models/{b}" for b in run.model_folders()]
+    made_from_it += [name for name, uri in ((RunDir.ENSEMBLE, run.ensemble), (RunDir.REPORT + "/", run.report))
+                     if storage.exists(uri)]
+    if made_from_it:
+        raise StaleArtifactError(f"{run.root}: already prepared with a different split or file set, and "
+                                 f"{', '.join(made_from_it)} were made from it; prepare into a new --run-dir")
+    log.warning("%s: replacing its manifest (a different split; nothing was made from the old one yet)", run.root)
+    return False
+
 
 
 def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    cfg = config.job_config(args.config, prepare={"seed": args.seed, "hash_workers": args.hash_workers})
+    cfg = config.job_config(args.config, prepare=config.overrides(args, PrepareConfig))
     src = storage.absolute(args.data)   # the manifest records where the images are, for every later stage
     items = list_labelled(src)  # before Ray starts: a bad source fails in a second
     init_ray(args.num_cpus)
     table = build_manifest(src, cfg.prepare.seed, cfg.prepare, items)
     run = RunDir(args.run_dir)
+    if guard_existing(run, table):
+        print(summary(table))
+        print(f"manifest: {run.manifest} (unchanged: the same files, labels and split; nothing to do)")
+        return 0
     storage.write_parquet(table, run.manifest)
     config.save_resolved(run.config("prepare"), cfg, data=args.data, run_dir=args.run_dir)
     print(summary(table))

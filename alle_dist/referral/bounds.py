@@ -5,7 +5,8 @@
   images score above it (the calibration-conditional / "training-conditional" conformal bound of
   Vovk 2012, Bates et al. 2021, Prop. 2a): an order statistic of the calibration scores.
 - `binomial_upper`, `rate_upper_bound`: the one-sided Clopper-Pearson upper bound on a rate, for a
-  rule that was fixed before the images it is counted on.
+  rule that was fixed before the images it is counted on; `binomial_exceeds`: the matching test of
+  an observed count against a bound (evaluate's violation flag).
 - `selective_risk_bound` (Geifman & El-Yaniv 2017, SGR) and `selective_risk_upper`: the error rate
   among accepted images, bounded at 1-δ.
 - `augrc`, `aurc`: areas under the generalized / selective risk-coverage curves (Traub et al. 2024).
@@ -138,6 +139,20 @@ def binomial_upper(k, n, delta: float):
     # The Beta(k+1, n-k) quantile; scipy.special rather than stats.beta: same function, ~50× less overhead.
     ub = np.where(k_arr >= n_arr, 1.0, special.betaincinv(k_arr + 1, np.maximum(n_arr - k_arr, 1), 1 - delta))
     return float(ub) if ub.ndim == 0 else ub
+
+
+def binomial_exceeds(k: int, n: int, bound: float, delta: float) -> bool:
+    """Whether k events in n trials show, at level δ, that the true rate is above `bound`: the
+    one-sided exact binomial test P(Binomial(n, bound) ≥ k) < δ. A raw comparison k / n > bound
+    would flag about half of the splits of a rule whose true rate sits exactly at its bound."""
+    delta = _check_level("delta", delta)
+    if not (0 <= k <= n and n >= 1):
+        raise ValueError(f"need 0 ≤ k ≤ n and n ≥ 1 (k events among n trials), got k={k}, n={n}")
+    if k == 0 or bound >= 1:
+        return False
+    if bound <= 0:
+        return True
+    return float(special.betainc(k, n - k + 1, bound)) < delta     # P(X ≥ k) for X ~ Binomial(n, bound)
 
 
 def rate_upper_bound(referred, delta: float) -> dict:

@@ -10,12 +10,14 @@ The confidence rule (γ, reason `low_confidence`) lives with the ensemble (ensem
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import REFERRAL_SIGNALS, TuneConfig
 from ..errors import ConfigError
+from . import bounds
 
 # Fixed order of reasons when several rules fire.
 REASONS = ("empty_field", "odd_mask", "odd_image", "unfamiliar", "disagreement", "low_confidence")
@@ -92,29 +94,56 @@ def referral_flags(rule: ReferralRule | dict, scaled: dict[str, np.ndarray], ood
 
 
 def fit_image_rule(image_score: np.ndarray | None, image_reference: np.ndarray | None = None,
-                   image_quantile: float = TuneConfig.image_quantile) -> dict:
-    """The image-statistics rule's entries of a referral dict ({} without finite scores): the threshold
-    at `image_quantile` of the validation scores pooled with the training fields' out-of-fold ones."""
+                   image_quantile: float = TuneConfig.image_quantile, referral_rate: float | None = None,
+                   confidence: float = TuneConfig.confidence) -> dict:
+    """The image-statistics rule's entries of a referral dict ({} without finite scores), fitted on the
+    calibration set: the validation scores pooled with the training fields' out-of-fold ones.
+
+    With `referral_rate` α: the calibration-conditional conformal threshold (referral.bounds), so that
+    with probability ≥ `confidence` at most α of new in-distribution images are referred by this
+    rule; an (α, confidence) the calibration set is too small for is a ConfigError. Without it
+    (None): the plain `image_quantile` of the calibration scores, no guarantee."""
     if image_score is None or not np.all(np.isfinite(image_score)):
         return {}
-    ref = np.asarray(image_score, np.float64)
-    if image_reference is not None:
-        ref = np.r_[ref, np.asarray(image_reference, np.float64)]
-    return {"image_score": float(np.quantile(ref, image_quantile, method="higher")),
-            "image_quantile": float(image_quantile), "image_reference_n": int(len(ref))}
+    val = np.asarray(image_score, np.float64)
+    oof = np.zeros(0) if image_reference is None else np.asarray(image_reference, np.float64)
+    ref = np.r_[val, oof]
+    sizes = {"n_val": int(len(val)), "n_oof": int(len(oof))}
+    if referral_rate is None:
+        return {"image_score": float(np.quantile(ref, image_quantile, method="higher")),
+                "image_quantile": float(image_quantile), "image_reference_n": int(len(ref)),
+                "image_rule": {"method": "quantile", "quantile": float(image_quantile), **sizes}}
+    fit = bounds.conformal_threshold(ref, referral_rate, 1 - confidence)
+    if not fit["feasible"]:
+        raise ConfigError(_infeasible(fit, confidence, sizes))
+    keep = ("method", "alpha", "delta", "n", "k", "alpha_bound", "delta_achieved", "n_required",
+            "calibration_referral_rate")
+    return {"image_score": fit["threshold"], "image_reference_n": int(len(ref)),
+            "image_rule": {**{k: fit[k] for k in keep}, "confidence": float(confidence), **sizes}}
+
+
+def _infeasible(fit: dict, confidence: float, sizes: dict) -> str:
+    n, delta = fit["n"], fit["delta"]
+    smallest = math.ceil(1000 * (1 - delta ** (1 / n))) / 1000      # (1-α)^n ≤ δ at this n
+    return (f"tune.referral_rate={fit['alpha']} at confidence {confidence}: the image rule needs n_required="
+            f"{fit['n_required']} calibration images, this run has {n} ({sizes['n_val']} validation + "
+            f"{sizes['n_oof']} out-of-fold training){'' if fit['reason'] == 'n_too_small' else ' with too many NaN'}"
+            f"; use --referral-rate {smallest} or more, a lower --confidence, or --referral-rate none")
 
 
 def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray] | None,
                  mask_fraction: np.ndarray | None, target_coverage: float = 0.99,
                  already_referred: np.ndarray | None = None, signals=DEFAULT_SIGNALS,
                  image_score: np.ndarray | None = None, image_reference: np.ndarray | None = None,
-                 image_quantile: float = TuneConfig.image_quantile) -> ReferralRule:
+                 image_quantile: float = TuneConfig.image_quantile, referral_rate: float | None = None,
+                 confidence: float = TuneConfig.confidence) -> ReferralRule:
     """Thresholds of the unfamiliar-image rule from in-distribution (validation) images.
 
-    The image-statistics signal has a budget of its own: its threshold is the `image_quantile` of
-    the validation image scores pooled with `image_reference` (the training fields' out-of-fold
-    scores, imagestats.calibration), so a ~180-image validation split does not put it at whichever
-    field happens to be its most extreme. Every other signal gets its threshold at one common tail
+    The image-statistics signal has a budget of its own (`fit_image_rule`): with `referral_rate` α, the
+    conformal threshold guaranteeing at most α referred at `confidence`, else the `image_quantile`,
+    both over the validation image scores pooled with `image_reference` (the training fields'
+    out-of-fold scores, models.field_stats.calibration), so a ~180-image validation split does not
+    put it at whichever field happens to be its most extreme. Every other signal gets its threshold at one common tail
     quantile q of its validation values (equivalently: refer when the largest per-signal rank
     exceeds q); q is the most aggressive value whose union rule, together with the image rule and
     `already_referred` (e.g. the γ rule), still covers at least `target_coverage` of the images;
@@ -131,7 +160,8 @@ def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray
     img = None if image_score is None or "image_score" not in signals else np.asarray(image_score, np.float64)
     img = img if img is not None and np.all(np.isfinite(img)) else None
     n = len(next(iter(scaled.values())))
-    image_rule = fit_image_rule(img, image_reference, image_quantile) if img is not None else {}
+    image_rule = ({} if img is None else
+                  fit_image_rule(img, image_reference, image_quantile, referral_rate, confidence))
     others = [s for s in signals if s != "image_score"]
 
     def rule(q: float | None) -> dict:

@@ -75,6 +75,7 @@ def segment_dataset(src: str, dst: str, cfg: SegmentConfig, tasks: int | None = 
     """Segment every image under src into dst as Ray Data tasks; the per-file report table."""
     import ray
 
+    from ..progress import iter_rows
     from ..runtime import cluster_cpus
 
     files = [rel for rel, _ in storage.list_files(src, IMAGE_SUFFIXES)]
@@ -85,32 +86,16 @@ def segment_dataset(src: str, dst: str, cfg: SegmentConfig, tasks: int | None = 
     ds = ray.data.from_items([{"path": rel} for rel in files], override_num_blocks=n_blocks)
     ds = ds.map_batches(segment_batch, fn_kwargs={"src": src, "dst": dst, "cfg": cfg}, batch_size=32,
                         compute=ray.data.TaskPoolStrategy(size=tasks) if tasks else None)
-    rows = sorted(ds.take_all(), key=lambda r: r["path"])
+    rows = sorted(iter_rows(ds, "segment", len(files), batch_size=32), key=lambda r: r["path"])
     cols = {k: [r[k] for r in rows] for k in SEGMENT_REPORT_SCHEMA.names}
     return pa.Table.from_pydict(cols, schema=SEGMENT_REPORT_SCHEMA)
-
-
-def _hsv(text: str) -> tuple[int, int, int]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: give H,S,V as three integers, e.g. 120,30,40")
-    return tuple(int(p) for p in parts)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of images (any depth)")
-    p.add_argument("--output", required=True, metavar="DST",
-                   help="DST/<rel path> gets the masked image, DST/masks/<rel stem>.png the mask")
-    p.add_argument("--hsv-lower", type=_hsv, default=None, metavar="H,S,V", help="lower HSV bound (OpenCV ranges)")
-    p.add_argument("--hsv-upper", type=_hsv, default=None, metavar="H,S,V", help="upper HSV bound (OpenCV ranges)")
-    p.add_argument("--tasks", type=int, default=None, help="concurrent Ray Data tasks (default: Ray decides)")
 
 
 def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    cfg = config.job_config(args.config, segment={"hsv_lower": args.hsv_lower, "hsv_upper": args.hsv_upper})
+    cfg = config.job_config(args.config, segment=config.overrides(args, SegmentConfig))
     init_ray(args.num_cpus)
     report = segment_dataset(args.data, args.output, cfg.segment, args.tasks)
     storage.write_parquet(report, storage.join(args.output, REPORT_FILE))

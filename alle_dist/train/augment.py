@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .. import schema
 from ..config import AugmentConfig, SegmentConfig
-from ..imaging.model_input import preprocess
+from ..imaging.model_input import control_input, preprocess
 from ..io import storage
 from ..io.images import decode_rgb
 
@@ -50,8 +50,12 @@ def train_transform(cfg: AugmentConfig, image_size: int) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def load_image(data: bytes, image_size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, float]:
-    """Bytes → (segmented if seg, resized uint8 HxWx3, share of pixels the segmentation kept)."""
+def load_image(data: bytes, image_size: int, seg: SegmentConfig | None,
+               control: str | None = None) -> tuple[np.ndarray, float]:
+    """Bytes → (segmented if seg, resized uint8 HxWx3, share of pixels the segmentation kept); with
+    control "background" (the shortcut control): the field with the cells seg would keep removed."""
+    if control is not None:
+        return control_input(decode_rgb(data), image_size, seg or SegmentConfig())
     return preprocess(decode_rgb(data), image_size, seg)
 
 
@@ -70,15 +74,16 @@ def augment_image(rgb: np.ndarray, transform, seed: int | None) -> np.ndarray:
 class _LoadBatch:
     """Ray Data UDF: rows (path, label, idx) → (path, label, image, mask_fraction)."""
 
-    def __init__(self, source: str, image_size: int, seg, aug, seed: int | None):
-        self.source, self.image_size, self.seg, self.seed = source, image_size, seg, seed
+    def __init__(self, source: str, image_size: int, seg, aug, seed: int | None, control: str | None = None):
+        self.source, self.image_size, self.seg, self.seed, self.control = source, image_size, seg, seed, control
         self.transform = train_transform(aug, image_size) if aug is not None else None
 
     def __call__(self, batch: dict) -> dict:
         torch.set_num_threads(1)  # one image at a time per task; parallelism comes from Ray
         images, fracs = [], []
         for path, idx in zip(batch["path"], batch["idx"]):
-            rgb, frac = load_image(storage.read_bytes(storage.join(self.source, str(path))), self.image_size, self.seg)
+            rgb, frac = load_image(storage.read_bytes(storage.join(self.source, str(path))), self.image_size,
+                                   self.seg, self.control)
             if self.transform is not None:
                 seed = None if self.seed is None else self.seed * 1_000_003 + int(idx)
                 rgb = augment_image(rgb, self.transform, seed)
@@ -90,13 +95,14 @@ class _LoadBatch:
 
 def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size: int,
                   seg: SegmentConfig | None, aug: AugmentConfig | None, seed: int | None = 0,
-                  batch_size: int = 32):
+                  batch_size: int = 32, control: str | None = None):
     """A Ray Data dataset of manifest rows (status ok) as model-ready uint8 images.
 
     Columns: path (str), label (int64, index in `classes`), image (uint8 HxWx3, image_size²),
     mask_fraction (float32; 1.0 when seg is None). Augmentation is seeded per row from
     (seed, row position), so a dataset is reproducible and repeated rows get different
     augmentations; pass seed=None (or seed + epoch) for fresh augmentations on every pass.
+    control "background": the shortcut control's images (load_image), mask_fraction = share removed.
     """
     import ray
 
@@ -104,6 +110,6 @@ def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size
     index = {c: i for i, c in enumerate(classes)}
     items = [{"path": p, "label": index[c], "idx": i}
              for i, (p, c) in enumerate(zip(rows.column("path").to_pylist(), rows.column("label").to_pylist()))]
-    udf = _LoadBatch(source, image_size, seg, aug, seed)
+    udf = _LoadBatch(source, image_size, seg, aug, seed, control)
     ds = ray.data.from_items(items)
     return ds.map_batches(udf, batch_size=batch_size)

@@ -46,7 +46,7 @@ def tune_training(run_dir: str, job) -> dict:
     tmp = tempfile.mkdtemp(prefix="alle-dist-tune-training-")
     try:
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(random_state=cfg.seed), max_concurrent_trials=1),
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=1)),
             run_config=tune.RunConfig(name=f"training-{uuid.uuid4().hex[:8]}", storage_path=tmp, verbose=0))
         with secrets_hidden_from_ray():
             results = tuner.fit()

@@ -22,7 +22,7 @@ from .. import schema
 from ..errors import ConfigError
 from ..io import storage
 from ..models import files as model_files
-from ..models import preprocessing, registry
+from ..models import lineage, preprocessing, registry
 from ..rundir import ModelDir, RunDir
 from .loop import LoopConfig, TestHooks, train_loop
 
@@ -113,18 +113,21 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
         return model_files.read_checkpoint(d)[2]
 
 
-def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str) -> LoopConfig:
-    """The worker's typed config: the recipe from jcfg.train, the preprocessing recorded in the meta."""
+def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str, manifest_id: str,
+                out: ModelDir | None = None) -> LoopConfig:
+    """The worker's typed config: the recipe from jcfg.train; the preprocessing and the manifest it is
+    trained on (lineage) recorded in the meta every checkpoint carries."""
     cfg = jcfg.train
     size = cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
     prep = preprocessing.Preprocessing(size, mean, std, jcfg.segment if cfg.segmented else None)
     meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": cfg.pretrained,
-                                 "run_dir": run.root, "run_name": name,
+                                 "run_dir": run.root, "run_name": name, "lineage": {"manifest": manifest_id},
+                                 "control": cfg.control,
                                  "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}, prep)
     return LoopConfig(backbone=backbone, classes=tuple(classes), image_size=size, mean=tuple(mean), std=tuple(std),
                       pretrained=cfg.pretrained, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(run.model(backbone), name))
+                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(out or run.model(backbone), name))
 
 
 def _test_hooks(out: ModelDir, name: str) -> TestHooks:
@@ -135,25 +138,34 @@ def _test_hooks(out: ModelDir, name: str) -> TestHooks:
                      pause_s=float(os.environ.get(PAUSE_ENV, 0)))
 
 
-def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict):
-    """Run (or resume) the TorchTrainer of one backbone; returns the Ray Train Result."""
+def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str,
+        out: ModelDir | None = None):
+    """Run (or resume) the TorchTrainer of one backbone into `out` (default RUN/models/<backbone>);
+    returns the Ray Train Result. A checkpoint made from another manifest is refused, not resumed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    out, name = run.model(backbone), run_name(run.root, backbone)
+    from ..progress import Relay
+    from .epoch_log import EpochLines
+
+    out = out or run.model(backbone)
+    name = run_name(run.root, out.root.rstrip("/").rsplit("/", 1)[-1])    # the folder: a control resumes apart
     previous = latest_checkpoint_meta(out, name)
     if previous:
+        lineage.check_trained_on(out, previous, manifest_id, backbone, run.root)
         log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
     fs, path = storage.resolve(out.checkpoints)
-    run_config = RunConfig(
-        name=name, storage_path=path, storage_filesystem=fs,
-        failure_config=FailureConfig(max_failures=jcfg.train.max_failures),
-        # Keep the best (lowest validation loss) and, always, the latest checkpoint.
-        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
-                                           checkpoint_score_order="min"))
-    trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name),
-                           scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
-    return trainer.fit()
+    with Relay() as relay:   # one line per epoch on the driver (train.epoch_log)
+        run_config = RunConfig(
+            name=name, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=jcfg.train.max_failures),
+            # Keep the best (lowest validation loss) and, always, the latest checkpoint.
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            callbacks=[EpochLines(relay.queue, backbone, jcfg.train.epochs)])
+        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id, out),
+                               scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
+        return trainer.fit()
 
 
 def publish(result, out: ModelDir) -> dict:
@@ -175,51 +187,47 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     from .posttrain import export_splits
 
     cfg, backbone, run = jcfg.train, jcfg.train.backbone, RunDir(run_dir)
-    out = run.model(backbone)
+    out = _out(run, cfg)
+    table, source, classes = read_manifest(run)    # checks the manifest's identity
+    manifest_id = table.schema.metadata[schema.META_MANIFEST_ID].decode()
     if retrain and storage.exists(out.root):
         storage.delete(out.root)
     elif is_finished(out):
+        meta = model_files.read_meta(out.root)
+        lineage.check_trained_on(out, meta, manifest_id, backbone, run.root)
         log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
-        return model_files.read_meta(out.root)
-    table, source, classes = read_manifest(run)
+        return meta
     splits = {s: split_rows(table, s, cfg.limit, cfg.seed) for s in schema.SPLITS}
     balanced, record = balance.oversample(splits[schema.TRAIN], cfg.seed)
     storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
     config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), jcfg, run_dir=run.root, backbone=backbone)
-    seg = jcfg.segment if cfg.segmented else None
+    seg = jcfg.segment if cfg.segmented or cfg.control else None    # a control needs the mask it removes
     size = cfg.image_size or registry.default_image_size(backbone)
     cols = ["image", "label"]
     datasets = {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
         "train": augment.image_dataset(shuffled(balanced, cfg.seed), source, classes, image_size=size, seg=seg,
-                                       aug=jcfg.augment, seed=None).select_columns(cols),
+                                       aug=jcfg.augment, seed=None, control=cfg.control).select_columns(cols),
         "val": augment.image_dataset(splits[schema.VAL], source, classes, image_size=size, seg=seg,
-                                     aug=None).select_columns(cols),
+                                     aug=None, control=cfg.control).select_columns(cols),
     }
     t0 = time.perf_counter()
-    result = fit(run, jcfg, backbone, classes, datasets)
+    log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", backbone,
+             cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
+    result = fit(run, jcfg, backbone, classes, datasets, manifest_id, out)
     publish(result, out)
-    meta = export_splits(out, splits, source, classes)
+    log.info("%s: scoring the train, val and test splits with the best model", backbone)
+    if cfg.control:
+        from .control import export_control
+
+        meta = export_control(out, splits, source, classes, seg, size, cfg.control)
+    else:
+        meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="prepared run directory (local or s3://)")
-    p.add_argument("--backbone", default=None, help=f"{', '.join(registry.ALL)}, 'all', or any timm model name")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="per worker (default 32)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's (224; AlexNet 227)")
-    p.add_argument("--workers", type=int, default=None, help="Train workers (default: one per GPU, else 2 CPU)")
-    p.add_argument("--gpus-per-worker", type=float, default=None)
-    p.add_argument("--pretrained", default=None, help=registry.PRETRAINED_HELP)
-    p.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-failures", type=int, default=None, help="worker-group restarts from the last checkpoint")
-    p.add_argument("--segmented", action=argparse.BooleanOptionalAction, default=None,
-                   help="train on HSV-segmented images (default) or on the originals")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on GPU")
-    p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
+def _out(run: RunDir, cfg) -> ModelDir:
+    return run.control_model(cfg.backbone, cfg.control) if cfg.control else run.model(cfg.backbone)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -228,9 +236,8 @@ def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    keys = ("backbone", "epochs", "batch_size", "lr", "image_size", "workers", "gpus_per_worker", "pretrained",
-            "limit", "seed", "max_failures", "segmented", "compile")
-    jcfg = config.job_config(args.config, train={k: getattr(args, k) for k in keys})
+    jcfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig))
+    RunDir(args.run_dir).check_ready("train")   # a wrong RUN fails in a second, before Ray starts
     names = registry.expand(jcfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
         registry.check_pretrained(name, jcfg.train.pretrained)
@@ -240,5 +247,5 @@ def main(args: argparse.Namespace) -> int:
         meta = train_backbone(args.run_dir, one, retrain=args.retrain)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
-              f"val_loss {best['val_loss']:.4f} → {RunDir(args.run_dir).model(name).root}")
+              f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), one.train).root}")
     return 0

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..io import storage
-from ..models import feature_distance, field_stats, inference, preprocessing
+from ..models import feature_distance, field_stats, inference, lineage, preprocessing
 from ..models import files as model_files
 from ..rundir import ModelDir
 
@@ -75,5 +75,6 @@ def export_splits(out: ModelDir, splits: dict[str, pa.Table], source: str, class
         probs = unpack(split, inference.PROBS + "model") if has else np.zeros((0, len(classes)), np.float32)
         scores = feature_distance.score(feats[split], stats) if has else none
         image_scores = field_stats.score(image[split], stats) if has else none
-        storage.write_parquet(probs_table(by[split], classes, probs, scores, image_scores), out.probs(split))
+        table = probs_table(by[split], classes, probs, scores, image_scores)
+        storage.write_parquet(table.replace_schema_metadata(lineage.outputs_metadata(out)), out.probs(split))
     return meta

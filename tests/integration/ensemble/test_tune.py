@@ -61,7 +61,7 @@ def test_the_coverage_floor_counts_the_image_rule():
     image = np.r_[np.arange(18.0), 100.0, 200.0]              # the last two fields are odd
     data = ens_probs.SplitProbs([f"f{i}" for i in range(20)], y, ("A", "B", "C", "D"), {"a": p, "b": p},
                                {}, np.full(20, 0.2), image, image_reference=np.arange(200.0) / 10)
-    fixed = ens_tune.image_rule_refers(data, TuneConfig(image_quantile=0.99))
+    fixed = ens_tune.image_rule_refers(data, TuneConfig(image_quantile=0.99, referral_rate=None))
     assert fixed.tolist() == [False] * 18 + [True, True]
     m = ens_tune.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0), fixed)
     assert m["coverage"] == 0.9 and m["accuracy_referral_as_error"] == 0.9
@@ -96,7 +96,7 @@ def _write_case(run_dir):
 def test_tune_stage_finds_known_best_with_real_trials(ray_local, tmp_path):
     y, image = _write_case(tmp_path)
     (tmp_path / "cfg.yaml").write_text("tune:\n  temperature_scaling: false\n  gamma_range: [0.7, 0.75]\n"
-                                       "  min_coverage: 0.0\n")
+                                       "  min_coverage: 0.0\n  referral_rate: null\n")
     args = get_args_parser("tune").parse_args(["--run-dir", str(tmp_path), "--num-samples", "3",
                                                "--config", str(tmp_path / "cfg.yaml")])
     assert run_stage("tune", args) == 0

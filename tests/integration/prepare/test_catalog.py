@@ -151,6 +151,16 @@ def test_real_manifest_counts_split_and_duplicates(ray_local, leukemia_dir):
     assert again.column("split").equals(t.column("split"))
     other = prep_manifest.manifest_table(rows, str(leukemia_dir), 1, PrepareConfig())
     assert not other.column("split").equals(t.column("split"))
+    # Exact AND perceptual near-duplicate groups (docs/near-duplicates.md: radius 10, 83 groups) never
+    # straddle a split; the manifest's identity follows its content.
+    units: dict[int, set] = {}
+    for r in rows:
+        if r["split_group"] >= 0:
+            units.setdefault(r["split_group"], set()).add(r["split"])
+    assert len(units) == 83 and all(len(s) == 1 for s in units.values())
+    assert Counter(r["group_reason"] for r in rows if r["group_reason"]) == {"exact": 72, "near": 95}
+    ident = schema.META_MANIFEST_ID
+    assert again.schema.metadata[ident] == t.schema.metadata[ident] != other.schema.metadata[ident]
 
 
 @pytest.mark.ray

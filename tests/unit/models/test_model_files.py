@@ -65,7 +65,7 @@ def test_unparseable_files_are_integrity_errors(tmp_path):
     # Garbage weights whose sha256 is recorded: the hash passes, the parser refuses.
     (tmp_path / model_files.WEIGHTS_FILE).write_bytes(b"\x00" * 64)
     import hashlib
-    meta_file.write_text(json.dumps({**meta, "sha256": hashlib.sha256(b"\x00" * 64).hexdigest()}))
+    model_files.write_meta(str(tmp_path), {**meta, "sha256": hashlib.sha256(b"\x00" * 64).hexdigest()})
     with pytest.raises(errors.ModelIntegrityError, match="not a valid safetensors"):
         model_files.load_model(str(tmp_path))
     meta_file.write_text("{not json")

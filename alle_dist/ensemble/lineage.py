@@ -1,0 +1,51 @@
+"""The lineage of RUN/ensemble.json: the manifest and the exact models (their identities) it was tuned on.
+
+tune records it; evaluate and classify check it before any work, so test-split numbers or bulk
+labels never come from a split or a model that changed after tuning.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from ..errors import StaleArtifactError
+from ..io import storage
+from ..models import files as model_files
+from ..models import lineage as model_lineage
+from ..prepare.manifest import recorded_id
+from ..rundir import RunDir
+
+
+def snapshot(run: RunDir, backbones) -> dict:
+    """What the ensemble is made from: the manifest's identity (None in a run dir that ships models
+    without their manifest) and every member's model identity, after checking each member was trained
+    on that manifest."""
+    manifest = recorded_id(run) if storage.exists(run.manifest) else None
+    models = {}
+    for b in backbones:
+        out = run.model(b)
+        meta = model_files.read_meta(out.root)
+        model_lineage.check_trained_on(out, meta, manifest, b, run.root)
+        models[b] = model_files.model_id(meta)
+    return {"manifest": manifest, "models": models}
+
+
+def check(run: RunDir, doc: dict) -> dict:
+    """Refuse an ensemble spec whose recorded manifest or models differ from RUN's current ones
+    (a run dir that ships only models + ensemble.json, without its manifest, is checked on the models);
+    returns the current snapshot."""
+    recorded = doc.get("lineage")
+    rebuild = f"rerun `alle-dist tune --run-dir {run.root}`"
+    if not recorded:
+        raise StaleArtifactError(f"{run.ensemble}: no lineage record (written by an older alle_dist); {rebuild}")
+    now = snapshot(run, recorded["models"])
+    if now["manifest"] is not None and now["manifest"] != recorded["manifest"]:
+        raise StaleArtifactError(f"{run.ensemble}: tuned on another split than {run.manifest}'s; {rebuild}")
+    changed = [b for b, mid in recorded["models"].items() if now["models"][b] != mid]
+    if changed:
+        raise StaleArtifactError(f"{run.ensemble}: tuned on other versions of {', '.join(changed)} (retrained or "
+                                 f"changed since); {rebuild}")
+    return now
+
+
+def ensemble_sha256(run: RunDir) -> str:
+    return hashlib.sha256(storage.read_bytes(run.ensemble)).hexdigest()

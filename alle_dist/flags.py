@@ -1,0 +1,131 @@
+"""Every stage's command-line flags, in one light module: it imports argparse and config only, so
+`alle-dist --help` and `alle-dist <stage> --help` print without importing torch, Ray or pyarrow.
+
+A flag that sets a config field is generated from the field (`config.add_flags`): its type comes
+from the annotation and its default is None, so defaults < YAML (`--config`) < command line holds.
+The stage's `main(args)` reads them back with `config.overrides(args, Cls)`. Flags that are not
+config fields (paths, --retrain, --tasks) are written here by hand.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .config import (CONTROLS, ClassifyConfig, EvaluateConfig, PrepareConfig, SegmentConfig, TrainConfig, TuneConfig,
+                     TUNE_OBJECTIVES, add_flags)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    """The flags every stage has."""
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="YAML with per-stage sections; the command line overrides it")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray started in-process (ignored when RAY_ADDRESS is set)")
+    p.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                   help="default: alle_dist's progress at INFO, Ray's own logs at WARNING (no Ray banners "
+                        "or bars); INFO or DEBUG shows Ray's logs and progress bars too")
+
+
+def prepare(p: argparse.ArgumentParser) -> None:
+    """Catalogue the labelled images, hash and decode-check them, split without leakage."""
+    p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of <class>/<image> files")
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory (local or s3://) to write the manifest into")
+    add_flags(p, PrepareConfig, {"seed": "split seed", "hash_workers": "Ray Data tasks for read + hash "
+                                                                     "(default: cluster CPUs)"})
+
+
+def segment(p: argparse.ArgumentParser) -> None:
+    """Segment images: the paper's HSV colour-interval segmentation of lymphoblasts, on Ray Data."""
+    p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of images (any depth)")
+    p.add_argument("--output", required=True, metavar="DST",
+                   help="DST/<rel path> gets the masked image, DST/masks/<rel stem>.png the mask")
+    add_flags(p, SegmentConfig, {"hsv_lower": "lower HSV bound (OpenCV ranges)",
+                                 "hsv_upper": "upper HSV bound (OpenCV ranges)"},
+              extra={"hsv_lower": {"metavar": "H,S,V"}, "hsv_upper": {"metavar": "H,S,V"}})
+    p.add_argument("--tasks", type=int, default=None, help="concurrent Ray Data tasks (default: Ray decides)")
+
+
+def train(p: argparse.ArgumentParser) -> None:
+    """Ray Train DDP fine-tuning of one backbone (or several), checkpoints that resume."""
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="prepared run directory (local or s3://)")
+    add_flags(p, TrainConfig, {
+        "backbone": "densenet201, resnet50, a paper baseline (mobilenetv2_100, vgg16, alexnet), 'all' "
+                    "(members + baselines), a comma-separated list, or any timm model name",
+        "epochs": "", "batch_size": "per worker", "lr": "",
+        "image_size": "default: the backbone's (224; AlexNet 227)",
+        "workers": "Train workers (default: one per GPU, else 2 CPU)",
+        "gpus_per_worker": "default: 1 with GPUs, else 0",
+        "pretrained": "hub | none | PATH (a .safetensors state dict, local or s3://)",
+        "limit": "at most N images per split (smoke runs)", "seed": "",
+        "max_failures": "worker-group restarts from the last checkpoint",
+        "segmented": "train on HSV-segmented images or on the originals",
+        "compile": "torch.compile on GPU",
+        "control": "shortcut control: train on the fields with the segmented cells removed, into "
+                   "RUN/models/<backbone>__control-background (evaluate reports it; tune never uses it)",
+    }, extra={"control": {"choices": CONTROLS}})
+    p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
+
+
+def tune(p: argparse.ArgumentParser) -> None:
+    """Ray Tune over the ensemble weights and γ on the validation probabilities, plus referral thresholds."""
+    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with models/<backbone>/")
+    add_flags(p, TuneConfig, {
+        "backbones": "comma-separated, in weight order", "objective": "",
+        "min_coverage": "validation coverage floor of the γ rule",
+        "num_samples": "random-search trials besides the paper's grid", "seed": "",
+        "training_samples": "--tune-training: number of training runs",
+    }, extra={"objective": {"choices": TUNE_OBJECTIVES}})
+    p.add_argument("--referral-rate", type=_rate, default=None, metavar="ALPHA",
+                   help="image rule: at most ALPHA of in-distribution images referred (default 0.01; "
+                        "'none': the uncalibrated tune.image_quantile)")
+    p.add_argument("--confidence", type=float, default=None, metavar="1-DELTA",
+                   help="probability the referral-rate and risk bounds hold (default 0.95)")
+    p.add_argument("--selective-risk", type=float, default=None, metavar="R",
+                   help="set γ by SGR: error rate among accepted validation images ≤ R at --confidence")
+    p.add_argument("--tune-training", action="store_true",
+                   help="instead: tune the training lr and batch size by running the train stage inside Tune "
+                        "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
+    # Sets train.backbone (tune's own --seed is tune.seed): see ensemble.tune.main.
+    p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
+
+
+def _rate(text: str):
+    """--referral-rate: a float, or 'none' (no guarantee: the uncalibrated quantile)."""
+    return "none" if text.lower() == "none" else float(text)
+
+
+def evaluate(p: argparse.ArgumentParser) -> None:
+    """The test split: metrics of every backbone, baseline and the ensemble; plots, corrections, report."""
+    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
+    add_flags(p, EvaluateConfig, {"max_corrections_copied": "copy at most this many correction images "
+                                                            "(the CSV lists all)"})
+
+
+def classify(p: argparse.ArgumentParser) -> None:
+    """Bulk classification of an image store (local or s3://) with a trained ensemble."""
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
+    p.add_argument("--input", required=True, metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
+    p.add_argument("--input-list", default=None, metavar="FILE",
+                   help="Parquet or CSV of image URIs (e.g. an S3 Inventory export) instead of listing SRC")
+    p.add_argument("--output", required=True, metavar="DST", help="folder or s3:// prefix for the results")
+    add_flags(p, ClassifyConfig, {
+        "batch_size": "images per model call", "gpus": "GPU actors (default: every GPU; 0 = CPU actors)",
+        "cpu_workers": "CPU model actors without GPUs (default: CPUs/2)",
+        "decode_tasks": "concurrent read + decode tasks (default: as CPUs allow)",
+        "rows_per_file": "result rows per Parquet part",
+    })
+    p.add_argument("--trust-size", action="store_true",
+                   help="on a rerun, skip inputs on path + size alone instead of re-reading them to confirm sha256")
+
+
+def demo(p: argparse.ArgumentParser) -> None:
+    """Run every stage on a built-in synthetic smear set (or --data SRC) and print a summary."""
+    p.add_argument("--data", default=None, help="labelled images (folder or s3://); default: synthetic smears")
+    p.add_argument("--run-dir", default="runs/demo", help="run directory (folder or s3://)")
+    p.add_argument("--backbones", default="test_resnet,test_efficientnet",
+                   help="two comma-separated backbones for the ensemble")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--n-per-class", type=int, default=120, help="synthetic images per class")
+    p.add_argument("--seed", type=int, default=0)
