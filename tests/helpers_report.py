@@ -96,20 +96,31 @@ def _pattern_probs(y) -> list[np.ndarray]:
 
 def gallery_run(tmp: Path, n_test: int = 48, n_train: int = 16, image_size: int = 64) -> Path:
     """RUN under tmp: the MEMBERS as tiny models (helpers_run.make_run_dir, weights 0.5 / 0.5, γ 0.6,
-    ood threshold 6), test probabilities following PATTERNS (every 11th row unfamiliar), and a manifest
-    over real smear images in tmp/src (96 px; n_train more rows in the train and val splits)."""
+    ood threshold 6) trained on a manifest over real smear images in tmp/src (96 px; n_train more rows
+    in the train and val splits), test probabilities following PATTERNS (every 11th row unfamiliar),
+    and the lineage chain manifest → models → outputs → ensemble.json intact."""
     from helpers_probs import write_manifest, write_probs
     from helpers_run import make_run_dir, write_images
+
+    from alle_dist.ensemble.lineage import snapshot
+    from alle_dist.models import files as model_files
+    from alle_dist.prepare.manifest import recorded_id
+    from alle_dist.rundir import RunDir
 
     src, run = tmp / "src", tmp / "run"
     rels = write_images(src, n_test + n_train, size=96)
     test = rels[:n_test]
     make_run_dir(run, backbones=MEMBERS, image_size=image_size, gamma=0.6,
                  referral={"ood_score": {b: 6.0 for b in MEMBERS}})
+    splits = ["test"] * n_test + ["train", "val"] * (n_train // 2)
+    write_manifest(run, src, [{"path": p, "label": p.split("/")[0], "split": s} for p, s in zip(rels, splits)])
+    rd = RunDir(str(run))
+    for b in MEMBERS:                    # what training records: the manifest the model was trained on
+        meta = model_files.read_meta(rd.model(b).root)
+        model_files.write_meta(rd.model(b).root, {**meta, "lineage": {"manifest": recorded_id(rd)}})
     y = np.arange(n_test) % 4                                    # as write_images labels them
     ood = np.where(np.arange(n_test) % 11 == 10, 9.0, 1.0)
     for b, p in zip(MEMBERS, _pattern_probs(y)):
         write_probs(run, b, "test", test, y, p, ood=ood, meta=False)   # meta=False: keep the model's meta.json
-    splits = ["test"] * n_test + ["train", "val"] * (n_train // 2)
-    write_manifest(run, src, [{"path": p, "label": p.split("/")[0], "split": s} for p, s in zip(rels, splits)])
+    ensemble.save_spec(str(run), ensemble.load_spec(str(run)), objective="test", lineage=snapshot(rd, MEMBERS))
     return run

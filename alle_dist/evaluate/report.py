@@ -216,7 +216,7 @@ def versions() -> dict[str, str]:
 
 
 def _identity(run_dir: str, name: str) -> dict:
-    """A model's identity from its meta.json: the model id (the weights' sha256 where there is none)."""
+    """A model's identity from its meta.json: architecture, model id, input, how it was trained."""
     from ..models import preprocessing
 
     try:
@@ -228,9 +228,19 @@ def _identity(run_dir: str, name: str) -> dict:
         size, seen = f"{prep.image_size} px", "HSV-segmented" if prep.segment else "original"
     except (KeyError, TypeError, ValueError):
         size = seen = "?"
-    return {"architecture": meta.get("architecture", "?"), "model id": meta.get("model_id") or meta.get("sha256", "?"),
+    return {"architecture": meta.get("architecture", "?"), "model id": _model_id(meta),
             "image size": size, "input": seen, "pretrained": meta.get("pretrained", "?"),
             "trained with": _versions(meta.get("versions"))}
+
+
+def _model_id(meta: dict) -> str:
+    """models.files.model_id (weights + meta.json + referral statistics); older models: the weights' sha256."""
+    from ..models import files as model_files
+
+    try:
+        return model_files.model_id(meta)
+    except KeyError:
+        return meta.get("sha256", "?")
 
 
 def _versions(v) -> str:

@@ -5,8 +5,8 @@ returns (resnet: layer4, densenet: features.norm5, efficientnet: bn2, the AlexNe
 net.features). Hooks on that module see exactly the feature map the classifier head pools.
 
 The model is left as it was: eval mode during the pass (BatchNorm statistics untouched), its
-parameters frozen for the pass so no `.grad` accumulates (the gradient flows from an input that
-requires grad instead), and its training flag, `requires_grad` flags and existing `.grad` restored.
+parameters frozen for the pass so no `.grad` accumulates (the graph starts at the target layer's
+output instead), and its training flag, `requires_grad` flags and existing `.grad` restored.
 """
 from __future__ import annotations
 
@@ -64,6 +64,18 @@ def _frozen(model: nn.Module):
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _graph_from(layer: nn.Module):
+    """The autograd graph starts at `layer`'s output: Grad-CAM needs the gradient there only, so the
+    body below it runs without a graph and the backward pass covers the head alone (a few times
+    cheaper on CPU; the same maps)."""
+    handle = layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def heatmaps(model: nn.Module, images: np.ndarray, targets=None, mean=None, std=None,
              image_size: int | None = None, layer: nn.Module | None = None) -> np.ndarray:
     """Grad-CAM of uint8 N x H x W x 3 images → float32 N x S x S in [0, 1] (S = image_size).
@@ -82,10 +94,10 @@ def heatmaps(model: nn.Module, images: np.ndarray, targets=None, mean=None, std=
     size = int(image_size or cfg.get("input_size", (3, 224, 224))[-1])
     layer = layer if layer is not None else target_layer(model, size)
     out = np.zeros((len(images), size, size), np.float32)
-    with _frozen(model), GradCAM(model=model, target_layers=[layer]) as cam:
+    # _graph_from before GradCAM: its hooks must see the re-rooted output (hooks run in order).
+    with _frozen(model), _graph_from(layer), GradCAM(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(images), BATCH):
             x = to_model_input(torch.from_numpy(images[start:start + BATCH]), size, mean, std)
-            x.requires_grad_(True)      # parameters are frozen: the graph hangs on the input instead
             tg = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets[start:start + BATCH]]
             out[start:start + len(x)] = cam(input_tensor=x, targets=tg)
     return np.clip(out, 0.0, 1.0)

@@ -86,3 +86,23 @@ def test_wrong_images_are_one_line_errors():
     model = backbones.create("test_resnet", 4, pretrained="none")
     with pytest.raises(ValueError, match="uint8 N x H x W x 3"):
         G.heatmaps(model, np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_maps_equal_grad_cam_computed_through_the_whole_network(smears):
+    """The graph starts at the target layer (cheap): the maps are Grad-CAM's all the same, here
+    computed from scratch with the gradient taken through the full network."""
+    import cv2
+
+    model = _fitted("test_resnet", smears, SIZE)
+    images, targets = smears[0][:4], [0, 1, 2, 3]
+    mean, std = (torch.tensor(v) for v in backbones.normalisation(model))
+    seen = {}
+    hook = G.target_layer(model, SIZE).register_forward_hook(lambda _m, _i, out: seen.setdefault("a", out))
+    logits = model(G.to_model_input(torch.from_numpy(images), SIZE, mean, std))
+    hook.remove()
+    a = seen["a"]
+    grad = torch.autograd.grad(logits[torch.arange(4), torch.tensor(targets)].sum(), a)[0]
+    raw = torch.relu((grad.mean((2, 3), keepdim=True) * a).sum(1)).detach().numpy()
+    want = [cv2.resize((m - m.min()) / (1e-7 + (m - m.min()).max()), (SIZE, SIZE)) for m in raw]
+    got = G.heatmaps(model, images, targets, *backbones.normalisation(model), SIZE)
+    assert np.allclose(got, np.clip(want, 0, 1), atol=1e-5)
