@@ -103,20 +103,23 @@ def evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def classify(p: argparse.ArgumentParser) -> None:
-    """Bulk classification of an image store (local or s3://) with a trained ensemble."""
+    """Bulk classification of an image store (local or s3://) into a Delta Lake table."""
     p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
-    p.add_argument("--input", required=True, metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
-    p.add_argument("--input-list", default=None, metavar="FILE",
-                   help="Parquet or CSV of image URIs (e.g. an S3 Inventory export) instead of listing SRC")
-    p.add_argument("--output", required=True, metavar="DST", help="folder or s3:// prefix for the results")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
+    src.add_argument("--input-list", metavar="FILE", help="Parquet or CSV of input URIs (a `uri` column, or "
+                     "`bucket` + `key` as in an S3 Inventory export): no listing")
+    p.add_argument("--output", required=True, metavar="DST",
+                   help="folder or s3:// prefix of the Delta table (one row per input uri)")
     add_flags(p, ClassifyConfig, {
         "batch_size": "images per model call", "gpus": "GPU actors (default: every GPU; 0 = CPU actors)",
         "cpu_workers": "CPU model actors without GPUs (default: CPUs/2)",
         "decode_tasks": "concurrent read + decode tasks (default: as CPUs allow)",
-        "rows_per_file": "result rows per Parquet part",
+        "commit_rows": "result rows per commit", "commit_seconds": "commit at least this often",
     })
     p.add_argument("--trust-size", action="store_true",
-                   help="on a rerun, skip inputs on path + size alone instead of re-reading them to confirm sha256")
+                   help="on a rerun, skip inputs on size + mtime (local) or ETag (S3) without reading them "
+                        "(default: re-read and compare sha256)")
 
 
 def demo(p: argparse.ArgumentParser) -> None:

@@ -5,30 +5,11 @@ import argparse
 import sys
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
-    src.add_argument("--input-list", metavar="FILE", help="Parquet or CSV of input URIs (a `uri` column, or "
-                     "`bucket` + `key` as in an S3 Inventory export): no listing")
-    p.add_argument("--output", required=True, metavar="DST", help="folder or s3:// prefix of the Delta table (one row per input uri)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per model call (default: classify.batch_size, 64)")
-    p.add_argument("--gpus", type=int, default=None, help="GPU actors (default: every GPU; 0 = CPU actors)")
-    p.add_argument("--cpu-workers", type=int, default=None, help="CPU model actors without GPUs (default: CPUs/2)")
-    p.add_argument("--decode-tasks", type=int, default=None, help="concurrent read + decode tasks (default: as CPUs allow)")
-    p.add_argument("--commit-rows", type=int, default=None, help="result rows per commit (default 50000)")
-    p.add_argument("--commit-seconds", type=float, default=None, help="commit at least this often (default 60)")
-    p.add_argument("--trust-size", action="store_true",
-                   help="on a rerun, skip inputs on size + mtime (local) or ETag (S3) without reading them "
-                        "(default: re-read and compare sha256)")
-
-
 def main(args: argparse.Namespace) -> int:
     from .. import config
 
-    overrides = {"batch_size": args.batch_size, "gpus": args.gpus, "cpu_workers": args.cpu_workers,
-                 "decode_tasks": args.decode_tasks, "commit_rows": args.commit_rows,
-                 "commit_seconds": args.commit_seconds, "verify_sha256": False if args.trust_size else None}
+    overrides = {**config.overrides(args, config.ClassifyConfig),
+                 "verify_sha256": False if args.trust_size else None}
     job_cfg = config.job_config(args.config, classify=overrides)
     try:
         return _run(args, job_cfg)

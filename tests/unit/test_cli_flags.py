@@ -63,13 +63,14 @@ def test_every_flag_that_existed_before_still_parses():
                  "--training-samples", "2"],
         "evaluate": ["--run-dir", "r", "--max-corrections-copied", "5"],
         "classify": ["--run-dir", "r", "--input", "i", "--output", "o", "--batch-size", "4", "--gpus", "0",
-                     "--cpu-workers", "1", "--decode-tasks", "2", "--rows-per-file", "10", "--trust-size",
-                     "--input-list", "l.csv"],
+                     "--cpu-workers", "1", "--decode-tasks", "2", "--commit-rows", "10", "--trust-size"],
     }
     for stage, argv in cases.items():
         args = get_args_parser(stage).parse_args([*argv, "--config", "c.yaml", "--num-cpus", "2", "--log-level", "INFO"])
         assert args.config == "c.yaml" and args.num_cpus == 2
     assert get_args_parser("classify").parse_args(cases["classify"]).trust_size is True
+    listed = ["--run-dir", "r", "--input-list", "l.csv", "--output", "o"]     # instead of --input, never both
+    assert get_args_parser("classify").parse_args(listed).input_list == "l.csv"
 
 
 def test_bad_flag_value_is_argparse_exit_2(capsys):
