@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv when missing.
+# The README's commands: `make demo`, `make test` (the suite without the `slow` tier, minutes) and
+# `make test-slow` (fault injection, multi-node, `ray job submit`: ~30 min on 2 cores). CI runs both.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ DATA ?=
 RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench setup clean
+.PHONY: demo test test-slow test-all bench setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +22,13 @@ demo: $(STAMP)
 	$(VENV)/bin/alle-dist demo --run-dir $(RUN) $(if $(DATA),--data $(DATA),)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
-
-test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow --durations=15 $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/segment_throughput.py

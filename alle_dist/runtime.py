@@ -21,13 +21,16 @@ def configure_logging(level: str | None = None) -> None:
     """
     global _ray_level
     _ray_level = getattr(logging, level) if level else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_Redact())
     root = logging.getLogger()
     if not any(getattr(h, "_alle_dist", False) for h in root.handlers):
         handler._alle_dist = True
         root.addHandler(handler)
     root.setLevel(_ray_level)
+    for name in _WIRE_LOGGERS:   # their DEBUG lines are signed requests: headers, credentials
+        logging.getLogger(name).setLevel(max(_ray_level, logging.INFO))
     log.setLevel(getattr(logging, level) if level else logging.INFO)
     if ray_is_quiet():
         # Tune's newer console output prints its experiment table and a results path (a temporary
@@ -35,6 +38,42 @@ def configure_logging(level: str | None = None) -> None:
         # prints nothing. alle_dist shows trials itself (ensemble.tune.trial_progress).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _quiet_ray_loggers()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message, not as it was when logging was configured: a
+    caller that swaps stderr (a test's capture, a job runner's redirect) and later closes the old
+    one must not leave a handler writing into a closed file ("--- Logging error ---")."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:   # StreamHandler.setStream assigns; the stream is always sys.stderr
+        pass
+
+
+# HTTP-level loggers kept at INFO or above even under --log-level DEBUG: botocore's DEBUG prints
+# every signed request (access key id, signature, session token), which a job log must not hold.
+_WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "aiobotocore", "s3fs", "fsspec")
+
+
+class _Redact(logging.Filter):
+    """Second line of defence: the credentials in this process's environment are masked in any
+    line that still carries them (a library's message, an exception text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = [v for v in (os.environ.get(k) for k in SECRET_ENV_VARS) if v and len(v) >= 8]
+        message = record.getMessage()
+        if any(v in message for v in secrets):
+            for v in secrets:
+                message = message.replace(v, "***")
+            record.msg, record.args = message, None
+        return True
 
 
 class _Formatter(logging.Formatter):

@@ -47,6 +47,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _log_levels_restored():
+    """A test that runs a stage with --log-level DEBUG leaves the root logger at DEBUG; every later
+    test would then log each boto3 request and Ray serialization (slow, and noise in failures)."""
+    import logging
+
+    loggers = [logging.getLogger()] + [x for x in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(x, logging.Logger)]
+    levels = [(x, x.level) for x in loggers]
+    from alle_dist import runtime
+    ray_level = runtime._ray_level
+    yield
+    for x, level in levels:
+        x.setLevel(level)
+    runtime._ray_level = ray_level
+
+
 @pytest.fixture(scope="session")
 def leukemia_dir() -> Path:
     """The shared real images (Original/<class>/*.jpg); skips where ../shared is absent."""

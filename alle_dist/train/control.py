@@ -13,12 +13,11 @@ import numpy as np
 import pyarrow as pa
 
 from .. import schema
-from ..io import storage
 from ..models import files as model_files
 from ..models.predictor import Predictor
 from ..rundir import ModelDir
 from . import augment
-from .posttrain import probs_table
+from .posttrain import probs_table, write_probs
 
 
 def predict_split(predictor: Predictor, rows: pa.Table, source: str, classes: list[str], seg,
@@ -46,6 +45,5 @@ def export_control(out: ModelDir, splits: dict[str, pa.Table], source: str, clas
     # No referral statistics: an empty file, so train.job.is_finished sees a finished model (no retrain).
     meta = model_files.save_ood(out.root, {})
     for split in (schema.VAL, schema.TEST):    # test last: its file marks a finished model
-        table = predict_split(predictor, splits[split], source, classes, seg, image_size, kind)
-        storage.write_parquet(table, out.probs(split))
+        write_probs(out, split, predict_split(predictor, splits[split], source, classes, seg, image_size, kind))
     return meta

@@ -32,6 +32,18 @@ def probs_table(rows: pa.Table, classes: list[str], probs: np.ndarray, ood_score
     return pa.Table.from_pydict(cols, schema=schema.probs_schema(classes)).sort_by("path")
 
 
+def _inference_rows(splits: dict[str, pa.Table], source: str, classes: list[str]) -> pa.Table:
+    """The splits as one table of inference rows (uri, path, split, label index). Types are spelled
+    out: a split can be empty (a tiny dataset's val split), and an empty list has no type to infer."""
+    index = {c: i for i, c in enumerate(classes)}
+    def one(split: str, t: pa.Table) -> pa.Table:
+        paths = t.column("path").to_pylist()
+        return pa.table({"uri": pa.array([storage.to_uri(storage.join(source, p)) for p in paths], pa.string()),
+                         "path": pa.array(paths, pa.string()), "split": pa.array([split] * len(paths), pa.string()),
+                         "label": pa.array([index[c] for c in t.column("label").to_pylist()], pa.int64())})
+    return pa.concat_tables([one(s, t) for s, t in splits.items()])
+
+
 def split_outputs(out: ModelDir, splits: dict[str, pa.Table], source: str, classes: list[str]) -> dict[str, pa.Table]:
     """Every split's rows through the inference path: {split: rows with probs / features / image_stats}."""
     import ray.data
@@ -41,11 +53,7 @@ def split_outputs(out: ModelDir, splits: dict[str, pa.Table], source: str, class
 
     prep = preprocessing.read(model_files.read_meta(out.root))
     spec = inference.PrepSpec(image_size=prep.image_size, segment=prep.segment, image_stats=True)
-    index = {c: i for i, c in enumerate(classes)}
-    rows = pa.concat_tables([pa.table({"uri": [storage.to_uri(storage.join(source, p)) for p in t.column("path").to_pylist()],
-                                       "path": t.column("path"), "split": pa.array([s] * t.num_rows, pa.string()),
-                                       "label": pa.array([index[c] for c in t.column("label").to_pylist()], pa.int64())})
-                             for s, t in splits.items()])
+    rows = _inference_rows(splits, source, classes)
     # Inference is cheap next to training: one GPU actor, or at most two CPU actors.
     layout = inference.actor_layout(min(cluster_gpus(), 1), max(1, min(2, cluster_cpus() // 2)))
     blocks = [rows.slice(i, 64) for i in range(0, rows.num_rows, 64)]
@@ -76,6 +84,10 @@ def export_splits(out: ModelDir, splits: dict[str, pa.Table], source: str, class
         probs = unpack(split, inference.PROBS + "model") if has else np.zeros((0, len(classes)), np.float32)
         scores = feature_distance.score(feats[split], stats) if has else none
         image_scores = field_stats.score(image[split], stats) if has else none
-        table = probs_table(by[split], classes, probs, scores, image_scores)
-        storage.write_parquet(table.replace_schema_metadata(lineage.outputs_metadata(out)), out.probs(split))
+        write_probs(out, split, probs_table(by[split], classes, probs, scores, image_scores))
     return meta
+
+
+def write_probs(out: ModelDir, split: str, table: pa.Table) -> None:
+    """A split's probabilities, bound to the model that made them (models.lineage.check_outputs)."""
+    storage.write_parquet(table.replace_schema_metadata(lineage.outputs_metadata(out)), out.probs(split))

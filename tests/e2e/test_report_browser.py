@@ -16,7 +16,6 @@ import pytest
 
 import helpers_report as H
 
-pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT_COPY = Path("/tmp/report-screenshot.png")
 N_TEST = 48

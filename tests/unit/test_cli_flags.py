@@ -89,6 +89,14 @@ def test_defaults_yaml_cli_precedence(tmp_path):
     assert job.tune.backbones == ("densenet201", "resnet50")
 
 
+@pytest.fixture
+def no_ray_running():
+    """'Ray was not started' only means something when no Ray ran before (a full run's earlier
+    integration tests leave the session's local Ray up)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 @pytest.mark.parametrize("yaml_text, message", [
     ("train:\n  epochs: three\n", "train.epochs: 'three' is not an integer"),
     ("train:\n  lr: fast\n", "train.lr: 'fast' is not a number"),
@@ -99,7 +107,7 @@ def test_defaults_yaml_cli_precedence(tmp_path):
     ("train: 3\n", "section `train:` must hold `key: value` lines"),
     ("trian:\n  epochs: 3\n", "unknown section(s) ['trian']"),
 ])
-def test_bad_config_is_one_line_exit_2_before_ray(tmp_path, capsys, yaml_text, message):
+def test_bad_config_is_one_line_exit_2_before_ray(no_ray_running, tmp_path, capsys, yaml_text, message):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
     assert main(["train", "--run-dir", str(tmp_path), "--config", str(cfg)]) == 2

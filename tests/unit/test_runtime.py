@@ -22,3 +22,21 @@ def test_secrets_restored_when_the_body_raises(monkeypatch):
     except RuntimeError:
         pass
     assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIAEXAMPLE"
+
+
+def test_debug_logging_prints_no_credentials(monkeypatch, capsys):
+    """--log-level DEBUG: botocore's signed-request lines stay off, and a credential that still
+    reaches a log line (a library message, an exception text) is masked."""
+    import logging
+
+    from alle_dist import runtime
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake/secret+0123456789")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKE0123456789")
+    runtime.configure_logging("DEBUG")
+    logging.getLogger("botocore.auth").debug("StringToSign: Credential=AKIAFAKE0123456789/…")
+    logging.getLogger("alle_dist").debug("retrying with key %s", "AKIAFAKE0123456789")
+    logging.getLogger("some.lib").warning("bad secret fake/secret+0123456789")
+    err = capsys.readouterr().err
+    assert "StringToSign" not in err and "AKIAFAKE" not in err and "fake/secret" not in err, err
+    assert "retrying with key ***" in err and "bad secret ***" in err

@@ -257,13 +257,11 @@ def _assert_one_row_per_uri(uri: str, plan: dict) -> None:
     assert {r["run_id"]: r["status"] for r in cur.runs()} == {"A": "complete", "B": "complete"}
 
 
-@pytest.mark.slow
 def test_two_concurrent_processes_lose_and_duplicate_nothing_locally(tmp_path):
     uri = str(tmp_path / "dst")
     _assert_one_row_per_uri(uri, _two_writers(uri))
 
 
-@pytest.mark.slow
 def test_two_concurrent_processes_lose_and_duplicate_nothing_on_s3(s3_bucket):
     uri = f"s3://{s3_bucket}/dst"
     _assert_one_row_per_uri(uri, _two_writers(uri))

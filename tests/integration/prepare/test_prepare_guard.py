@@ -2,6 +2,8 @@
 a different split under trained models is refused with one line, never a silent overwrite."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from alle_dist.cli import get_args_parser, run_stage
@@ -25,6 +27,8 @@ def test_prepare_again_is_a_no_op_and_a_new_seed_under_models_is_refused(ray_loc
     assert _prepare(src, run.root, 0) == 0
     assert "unchanged" in capsys.readouterr().out
     assert _prepare(src, run.root, 7) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "models/test_resnet were made from it; prepare into a new --run-dir" in err[0]
+    *progress, err = capsys.readouterr().err.strip().splitlines()
+    assert all(re.match(r"\d\d:\d\d:\d\d prepare: ", line) for line in progress), progress   # no traceback
+    assert err.startswith("alle-dist prepare: error:")
+    assert "models/test_resnet were made from it; prepare into a new --run-dir" in err
     assert open(run.manifest, "rb").read() == before   # nothing overwritten
