@@ -34,7 +34,10 @@ from ..errors import StorageError
 from ..io import storage
 from ..io.storage import path_to_uri, uri_to_path  # noqa: F401 - part of this module's API
 
-CHUNK_ROWS = 100_000
+# Inputs planned at once. Planning joins a chunk against the whole index, and the join's working
+# set scales with the chunk: at 1 M stored rows, 100 000-row chunks peaked ~95 MB above 25 000-row
+# ones (bench/classify_scale.py), at the same speed.
+CHUNK_ROWS = 25_000
 BATCH_ROWS = 10_000
 S3_WORKERS = 16
 # Key of Listing.skipped for a directory symlink not followed because its folder was already listed.

@@ -106,7 +106,7 @@ def execute(job: Job) -> list[str]:
 
 def _loop(job: Job, committer: Committer) -> list[str]:
     trust = not job.cfg.verify_sha256
-    index = job.store.index(planner.index_columns(trust))
+    index = planner.build_index(job.store.batches(list(planner.index_columns(trust))), trust)
     rows = RowMaker(job.models.spec, job.models.model_sha256, job.run["run_id"])
     problems, pending, waiting = [], [], 0
     with _progress() as bar:

@@ -1,6 +1,8 @@
 """classify.todo: a listing chunk planned against the table's index, in Arrow (no Ray, no store)."""
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from alle_dist.classify import listing, todo
@@ -12,8 +14,16 @@ def chunk(rows) -> pa.Table:
 
 
 def index(rows, trust=False) -> pa.Table:
+    """rows as the store holds them (todo.index_columns) → the planning index (todo.build_index)."""
     cols = todo.index_columns(trust)
-    return pa.Table.from_pylist([dict(zip(cols, r)) for r in rows], schema=todo.empty_index(trust).schema)
+    types = {"uri": pa.string(), "bytes": pa.int64(), "sha256": pa.string(), "status": pa.string(),
+             "mtime_ns": pa.int64(), "etag": pa.string()}
+    stored = pa.Table.from_pylist([dict(zip(cols, r)) for r in rows], schema=pa.schema([(c, types[c]) for c in cols]))
+    return todo.build_index(stored.to_batches(max_chunksize=2), trust)
+
+
+def sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 LISTED = chunk([
@@ -25,9 +35,9 @@ LISTED = chunk([
     ("file:///f.jpg", None, None, None, "error", "a FIFO (named pipe), not an image file"),
     ("s3://bkt/g.jpg", 40, None, "etag-g", "ok", None),
 ])
-STORED = [("file:///a.jpg", 10, "sha-a", "ok", 1, None), ("file:///b.jpg", 21, "sha-b", "ok", 1, None),
+STORED = [("file:///a.jpg", 10, sha("a"), "ok", 1, None), ("file:///b.jpg", 21, sha("b"), "ok", 1, None),
           ("file:///f.jpg", None, None, "error", None, None), ("file:///e.jpg", 0, todo.EMPTY_SHA256, "error", 1, None),
-          ("s3://bkt/g.jpg", 40, "sha-g", "ok", None, "etag-g"), ("file:///gone.jpg", 5, "sha-x", "ok", 1, None)]
+          ("s3://bkt/g.jpg", 40, sha("g"), "ok", None, "etag-g"), ("file:///gone.jpg", 5, sha("x"), "ok", 1, None)]
 
 
 def _by_uri(t: pa.Table, col: str) -> dict:
@@ -36,8 +46,8 @@ def _by_uri(t: pa.Table, col: str) -> dict:
 
 def test_default_rerun_reads_every_ok_input_and_confirms_matching_sizes_by_sha256():
     p = todo.plan_chunk(LISTED, index([r[:4] for r in STORED]), trust_size=False)
-    assert _by_uri(p.todo, "done_sha256") == {"file:///a.jpg": "sha-a", "file:///b.jpg": None,
-                                              "file:///c.jpg": None, "s3://bkt/g.jpg": "sha-g"}
+    assert _by_uri(p.todo, "done_sha256") == {"file:///a.jpg": sha("a"), "file:///b.jpg": None,
+                                              "file:///c.jpg": None, "s3://bkt/g.jpg": sha("g")}
     # the dangling link is new: an error row; the FIFO's and the empty file's rows are unchanged: skipped
     assert _by_uri(p.direct, "error") == {"file:///d.jpg": "dangling symlink: its target does not exist"}
     assert p.skipped == 2
@@ -56,3 +66,17 @@ def test_a_first_run_reads_everything_and_makes_error_rows_of_what_needs_no_read
     assert set(direct) == {"file:///d.jpg", "file:///e.jpg", "file:///f.jpg"}
     assert direct["file:///e.jpg"]["error"] == todo.EMPTY_FILE and direct["file:///e.jpg"]["sha256"] == todo.EMPTY_SHA256
     assert all(r["status"] == "error" for r in direct.values())
+
+
+def test_a_stored_sha256_that_is_not_one_means_read_again():
+    """A hand-edited table (a truncated or non-hex sha256) never lets an input be skipped or confirmed."""
+    stored = [("file:///a.jpg", 10, "sha-a", "ok", 1, None), ("file:///e.jpg", 0, todo.EMPTY_SHA256[:-2], "error", 1, None)]
+    p = todo.plan_chunk(LISTED, index(stored, trust=True), trust_size=True)
+    assert _by_uri(p.todo, "done_sha256")["file:///a.jpg"] is None     # read, hashed, committed afresh
+    assert "file:///e.jpg" in p.direct.column("uri").to_pylist() and p.skipped == 0
+
+
+def test_the_planning_index_is_condensed():
+    built = index([r[:4] for r in STORED])
+    assert built.schema.field("digest").type == pa.binary(32) and built.column("is_error").to_pylist()[2] is True
+    assert built.column("digest").to_pylist()[0] == bytes.fromhex(sha("a"))
