@@ -166,10 +166,13 @@ def table3(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec) -> list[dict
 def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: str) -> dict:
     """One row of doc["guarantees"] (evaluate.page renders the keys as columns). `violated`: the test
     split shows at level δ that the true rate is above the bound (referral.bounds.binomial_exceeds),
-    not merely an observed rate above it."""
+    not merely an observed rate above it. `test_upper`: the (1-δ) Clopper-Pearson bound from the
+    test split itself, valid for the rule as tuned (nothing was fitted on these images), where the
+    validation-based `bound` of the whole and γ rules is optimistic."""
     violated = None if bound is None or n == 0 else bounds.binomial_exceeds(k, n, float(bound), delta)
     return {"name": name, "alpha": alpha, "delta": delta, "bound": bound,
-            "observed": k / n if n else None, "n": n, "violated": violated, "basis": basis}
+            "observed": k / n if n else None, "test_upper": bounds.binomial_upper(k, n, delta) if n else None,
+            "n": n, "violated": violated, "basis": basis}
 
 
 def guarantee_rows(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec, g: dict | None) -> list[dict]:

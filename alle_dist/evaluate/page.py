@@ -234,7 +234,7 @@ def _guarantees(doc: dict) -> str:
     if not rows:
         return "<p>Not computed for this run.</p>"
     label = {"alpha": "α (error rate allowed)", "delta": "δ (risk the bound fails)", "bound": "bound",
-             "observed": "observed rate"}
+             "observed": "observed rate", "test_upper": "bound from the test split (valid)"}
     cols = list(dict.fromkeys(k for r in rows for k in r))
     return _table([label.get(c, c) for c in cols], [[num(r.get(c)) for c in cols] for r in rows],
                   numeric=set(range(len(cols))))

@@ -63,7 +63,8 @@ def _control(run_dir: str, name: str, models: dict) -> dict:
 
 def _guarantee_lines(doc: dict) -> list[str]:
     fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"  {r['name']}: {fmt(r['observed'])} of n={r['n']}, bound {fmt(r['bound'])} ({r['basis']})"
+    lines = [f"  {r['name']}: {fmt(r['observed'])} of n={r['n']} (≤ {fmt(r['test_upper'])} from the test split), "
+             f"bound {fmt(r['bound'])} ({r['basis']})"
              f"{' VIOLATED' if r['violated'] else ''}" for r in doc.get("guarantees") or []]
     c = doc.get("control")
     if c:

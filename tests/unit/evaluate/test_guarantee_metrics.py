@@ -45,7 +45,10 @@ def test_rows_count_each_rule_on_the_test_split():
     # γ accepts 380 (the odd images too: their top score is confident); 10 of them are wrong
     assert (gamma["n"], gamma["observed"], gamma["alpha"], gamma["bound"]) == (380, 10 / 380, 0.05, 0.03)
     assert "optimistic" in gamma["basis"]
-    assert set(img) == {"name", "alpha", "delta", "bound", "observed", "n", "violated", "basis"}
+    assert set(img) == {"name", "alpha", "delta", "bound", "observed", "test_upper", "n", "violated", "basis"}
+    # the test split's own bound: valid for the tuned rule, and above what was observed
+    assert whole["test_upper"] == pytest.approx(bounds.binomial_upper(28, 400, 0.05)) and whole["test_upper"] > 28 / 400
+    assert gamma["test_upper"] == pytest.approx(bounds.binomial_upper(10, 380, 0.05))
 
 
 def test_violation_is_the_binomial_test_not_a_raw_comparison():
