@@ -91,6 +91,9 @@ def submit(head, stage, *args, timeout=900):
     return out
 
 
+# Six real jobs one after another: 430-570 s on 2 busy cores, so pytest's 600 s default is too tight
+# (a timing limit here would be a speed test, which belongs in bench/).
+@pytest.mark.timeout(1800)
 def test_pipeline_as_ray_jobs(ray_head, s3_bucket, tmp_path):
     from deltalake import DeltaTable
     from alle_dist.prepare import manifest as catalog

@@ -151,6 +151,7 @@ def _run_until_first_checkpoint_then_kill(run: str, ckpt_root: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(1200)   # three training jobs in a row: ~350 s on 2 idle cores
 def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, leukemia_dir, ray_local,
                                                                        monkeypatch):
     run = make_run(tmp_path / "run", leukemia_dir, per_class=10)
