@@ -8,7 +8,7 @@ DATA ?=
 RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-all bench setup clean
+.PHONY: demo test test-slow bench setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,6 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow --durations=15 $(PYTEST_ARGS)
-
-test-all: $(STAMP)
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/segment_throughput.py

@@ -40,7 +40,7 @@ def resolve_models(run_dir: str) -> Models:
             raise ConfigError(f"{RunDir(run_dir).model(b).root}: classes {meta['classes']} differ from "
                               f"the ensemble's {list(spec.classes)}; rerun `alle-dist tune`")
         metas[b], hashes[b] = meta, model_files.model_id(meta)   # covers weights, meta.json and OOD stats
-    hashes[RunDir.ENSEMBLE] = hashlib.sha256(storage.read_bytes(RunDir(run_dir).ensemble)).hexdigest()
+    hashes[RunDir.ENSEMBLE] = ens_lineage.ensemble_sha256(RunDir(run_dir))
     combined = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(hashes.items())).encode()).hexdigest()
     return Models(run_dir, spec, metas, combined, hashes)
 

@@ -112,6 +112,7 @@ def _loop(job: Job, committer: Committer) -> list[str]:
     with _progress() as bar:
         for chunk in job.chunks:
             plan = planner.plan_chunk(chunk, index, trust)
+            pa.default_memory_pool().release_unused()   # the join's freed buffers: else +45 MB over 40 chunks
             _count(job.counts, inputs=chunk.num_rows, skipped=plan.skipped, errors=plan.direct.num_rows)
             if plan.direct.num_rows:
                 committer.add(rows.complete({c: plan.direct.column(c) for c in plan.direct.column_names},

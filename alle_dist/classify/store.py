@@ -67,7 +67,6 @@ from ..errors import ConfigError, StorageError
 from ..io import storage
 
 KEY = "uri"
-INDEX_COLUMNS = ("uri", "bytes", "sha256", "status")
 REQUIRED = ("uri", "sha256", "bytes", "status")
 SIDE_DIR = "_alle_dist"              # alle_dist's own files inside DST; invisible to Delta readers
 CONF_MODEL = "alle_dist.model_sha256"
@@ -251,10 +250,6 @@ class ResultStore:
     def _dataset(self):
         self._require_open().update_incremental()
         return self._table.to_pyarrow_dataset()
-
-    def index(self, columns=INDEX_COLUMNS) -> pa.Table:
-        """(uri, bytes, sha256, status) of every current row: what a rerun may skip."""
-        return self.current(list(columns))
 
     def side_path(self, name: str) -> str:
         """Where alle_dist keeps a side file (e.g. classify_config.yaml) inside DST."""

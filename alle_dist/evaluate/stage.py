@@ -73,12 +73,6 @@ def _guarantee_lines(doc: dict) -> list[str]:
     return lines
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
-    p.add_argument("--max-corrections-copied", type=int, default=None,
-                   help="copy at most this many correction images (the CSV lists all)")
-
-
 def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
 

@@ -249,7 +249,7 @@ def _two_writers(uri: str) -> dict:
 def _assert_one_row_per_uri(uri: str, plan: dict) -> None:
     cur = ResultStore(uri)
     cur.open(result_schema(), MODEL)
-    got = cur.index()
+    got = cur.current(["uri", "sha256"])
     counts = Counter(got.column("uri").to_pylist())
     assert set(counts) == set(plan["A"]) | set(plan["B"]) and max(counts.values()) == 1
     for u, sha in as_dict(got).items():
