@@ -16,8 +16,8 @@ from . import flags
 STAGES = {
     "prepare": (flags.prepare, "alle_dist.prepare.stage"),
     "segment": (flags.segment, "alle_dist.segment.stage"),
-    "train": (flags.train, "alle_dist.train.job"),
-    "tune": (flags.tune, "alle_dist.ensemble.tune"),
+    "train": (flags.train, "alle_dist.train.stage"),
+    "tune": (flags.tune, "alle_dist.tune.stage"),
     "evaluate": (flags.evaluate, "alle_dist.evaluate.stage"),
     "classify": (flags.classify, "alle_dist.classify.stage"),
     "demo": (flags.demo, "alle_dist.demo"),

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .constants import MAX_PIXELS, NEAR_RADIUS
 from .errors import ConfigError
 
 
@@ -37,7 +38,7 @@ class PrepareConfig:
     hash_workers: int | None = None    # Ray Data tasks for reading + hashing; None = cluster CPUs
     # Hamming radius of the perceptual-hash near-duplicate groups (docs/near-duplicates.md: 10 on the
     # shared images; 0 joins only identical hashes, -1 turns near-duplicate grouping off).
-    near_radius: int = 10
+    near_radius: int = NEAR_RADIUS
 
     def __post_init__(self):
         _check(-1 <= self.near_radius <= 63, f"prepare.near_radius={self.near_radius}: must be in -1..63")
@@ -116,9 +117,9 @@ class TrainConfig:
         _check(self.max_failures >= 0, "train.max_failures must be >= 0")
 
 
-# Signals of the unfamiliar-image rule (alle_dist.ensemble.fit_referral): ood_score (each backbone's
+# Signals of the unfamiliar-image rule (referral.signals.TABLE; a test keeps the two lists equal): ood_score (each backbone's
 # feature distance to the training data), mask_low / mask_high (the segmentation kept too little / too
-# much), image_score (the field's image statistics, alle_dist.imagestats), disagreement (between the
+# much), image_score (the field's image statistics, models.field_stats), disagreement (between the
 # networks).
 REFERRAL_SIGNALS = ("ood_score", "mask_low", "mask_high", "image_score", "disagreement")
 TUNE_OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_f1_referral_as_error")
@@ -145,7 +146,7 @@ class TuneConfig:
     referral_signals: tuple[str, ...] = ("image_score",)
     # Share of in-distribution fields (training out-of-fold + validation) the image-statistics rule
     # keeps: its threshold is this quantile of their image scores (a budget of its own, see
-    # ensemble.fit_referral).
+    # referral.signals.fit_referral).
     image_quantile: float = 0.995
     # The image rule's guarantee (docs/referral-guarantees.md): with probability ≥ `confidence` over
     # the calibration images, at most `referral_rate` of new in-distribution images are referred by it
@@ -200,7 +201,7 @@ class ClassifyConfig:
     cpu_workers: int | None = None     # CPU actors when there is no GPU; None = half the cluster CPUs
     decode_tasks: int | None = None    # concurrent read + decode tasks; None = as many as CPUs allow
     read_cpus: float = 0.5             # CPUs per read + decode task (< 1: reads wait on I/O too)
-    max_pixels: int = 50_000_000       # larger images are refused before a full decode
+    max_pixels: int = MAX_PIXELS       # larger images are refused before a full decode
     commit_rows: int = 50_000          # result rows per commit to DST (the driver buffers one commit)
     commit_seconds: float = 60.0       # ... or commit what is buffered once this much time has passed
     wave_rows: int = 200_000           # inputs to read per Ray Data pass (the driver holds one wave's plan)

@@ -40,10 +40,16 @@ def segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of images (any depth)")
     p.add_argument("--output", required=True, metavar="DST",
                    help="DST/<rel path> gets the masked image, DST/masks/<rel stem>.png the mask")
+    hsv(p)
+    p.add_argument("--tasks", type=int, default=None, help="concurrent Ray Data tasks (default: Ray decides)")
+
+
+def hsv(p: argparse.ArgumentParser) -> None:
+    """The HSV segmentation thresholds (the `segment:` section): on `segment`, and on `train`, whose
+    models record them as their preprocessing (docs/segmentation.md)."""
     add_flags(p, SegmentConfig, {"hsv_lower": "lower HSV bound (OpenCV ranges)",
                                  "hsv_upper": "upper HSV bound (OpenCV ranges)"},
               extra={"hsv_lower": {"metavar": "H,S,V"}, "hsv_upper": {"metavar": "H,S,V"}})
-    p.add_argument("--tasks", type=int, default=None, help="concurrent Ray Data tasks (default: Ray decides)")
 
 
 def train(p: argparse.ArgumentParser) -> None:
@@ -64,6 +70,7 @@ def train(p: argparse.ArgumentParser) -> None:
         "control": "shortcut control: train on the fields with the segmented cells removed, into "
                    "RUN/models/<backbone>__control-background (evaluate reports it; tune never uses it)",
     }, extra={"control": {"choices": CONTROLS}})
+    hsv(p)
     p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
 
 
@@ -86,7 +93,7 @@ def tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-training", action="store_true",
                    help="instead: tune the training lr and batch size by running the train stage inside Tune "
                         "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
-    # Sets train.backbone (tune's own --seed is tune.seed): see ensemble.tune.main.
+    # Sets train.backbone (tune's own --seed is tune.seed): see tune.stage.main.
     p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
 
 

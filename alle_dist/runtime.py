@@ -7,6 +7,8 @@ import os
 import sys
 from contextlib import contextmanager
 
+from .constants import SECRET_ENV_VARS
+
 log = logging.getLogger("alle_dist")
 
 # Ray's own log level: WARNING unless the command line asked for INFO or DEBUG (configure_logging).
@@ -35,7 +37,7 @@ def configure_logging(level: str | None = None) -> None:
     if ray_is_quiet():
         # Tune's newer console output prints its experiment table and a results path (a temporary
         # folder, deleted when the stage ends) even at verbose=0; the classic engine at verbose=0
-        # prints nothing. alle_dist shows trials itself (ensemble.tune.trial_progress).
+        # prints nothing. alle_dist shows trials itself (tune.stage.trial_progress).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _quiet_ray_loggers()
 
@@ -169,13 +171,17 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def num_blocks(n_items: int, tasks: int | None = None) -> int:
+    """Ray Data blocks for `n_items` inputs read by `tasks` concurrent tasks (default: the cluster's
+    CPUs): a few blocks per task, so one slow file (an S3 object, a huge image) doesn't hold up the rest."""
+    return max(1, min(n_items, (tasks or cluster_cpus()) * 4))
+
+
 def cluster_gpus() -> int:
     import ray
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-# Credentials that must never reach a runtime_env (Ray logs runtime_envs in runtime_env_agent.log).
-SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 @contextmanager

@@ -63,10 +63,10 @@ def backbone_ood_column(backbone: str) -> str:
 def probs_schema(classes: list[str]) -> pa.Schema:
     """RUN/models/<backbone>/{val,test}_probs.parquet: one row per image of the split.
 
-    `ood_score` is the backbone's feature-space distance to the training data (see alle_dist.ood);
+    `ood_score` is the backbone's feature-space distance to the training data (models.feature_distance);
     higher means less like the training images. `mask_fraction` is the share of pixels the HSV
     segmentation kept (an empty field or a red-cells-only field keeps almost none). `image_score` is
-    the distance of the whole field's image statistics to the training fields' (alle_dist.imagestats).
+    the distance of the whole field's image statistics to the training fields' (models.field_stats).
     """
     fields = [pa.field("path", pa.string()), pa.field("label", pa.string())]
     fields += [pa.field(prob_column(c), pa.float32()) for c in classes]
@@ -101,7 +101,7 @@ def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
     fields += [
         pa.field("weights", WEIGHTS_TYPE),       # backbone → ensemble weight
         pa.field("gamma", pa.float32()),
-        pa.field("thresholds", THRESHOLDS_TYPE),  # the unfamiliar-image thresholds in force (referral_thresholds)
+        pa.field("thresholds", THRESHOLDS_TYPE),  # the unfamiliar-image thresholds in force (ReferralRule.thresholds)
         pa.field("model_sha256", pa.string()),   # sha256 of the ensemble: backbones' weights + ensemble.json
         pa.field("version", pa.string()),        # alle_dist version
         pa.field("run_id", pa.string()),
@@ -113,11 +113,3 @@ def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
 WEIGHTS_TYPE = pa.map_(pa.string(), pa.float32())
 THRESHOLDS_TYPE = pa.map_(pa.string(), pa.float32())
 
-
-def referral_thresholds(ood_score: dict, mask_low, mask_high, image_score, disagreement) -> dict[str, float]:
-    """The `thresholds` map of a classification row: only the unfamiliar-image rules in force, keyed
-    `mask_fraction_low`, `mask_fraction_high`, `image_score`, `disagreement`, `<backbone>_ood_score`."""
-    out = {"mask_fraction_low": mask_low, "mask_fraction_high": mask_high, "image_score": image_score,
-           "disagreement": disagreement}
-    out.update({backbone_ood_column(b): t for b, t in sorted(ood_score.items())})
-    return {k: float(v) for k, v in out.items() if v is not None}

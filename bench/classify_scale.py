@@ -6,7 +6,7 @@
 The inputs are an --input-list (Parquet: uri + size) of N zero-byte files, so that every input is
 fast-pathed in the driver as an "empty file (0 bytes)" error row: no Ray, no model, but the real
 `alle-dist classify` path otherwise — read_input_list, planning each chunk against the table's index
-(classify.todo), result rows, MERGE commits every --commit-rows rows (classify.commit), run records.
+(classify.planning), result rows, MERGE commits every --commit-rows rows (classify.commit), run records.
 
 Two runs, each a fresh `alle-dist classify` child process (its VmHWM is its own peak RSS):
   1. into an empty table: N rows inserted;

@@ -5,7 +5,7 @@
 
 Bare loop: read + sha256 + decode + segment + resize (a thread pool of --decode-threads, prefetching
 ahead of the models, like a DataLoader) → both models → OOD scores + ensemble, in this process.
-Job: `classify.run.prepare` + `execute` on a private local Ray (read tasks → one model actor per GPU,
+Job: `classify.run.setup` + `execute` on a private local Ray (read tasks → one model actor per GPU,
 or CPU actors → decider tasks → the driver's MERGE commits into the Delta table), timed from
 execute() start to the last commit, actor start-up included.
 
@@ -27,11 +27,10 @@ from pathlib import Path
 import pyarrow as pa
 from alle_dist.classify import pipeline as cls_pipeline
 from alle_dist.classify import run as cls_run
-from alle_dist.classify import todo as cls_todo
+from alle_dist.classify import planning
 from alle_dist.config import ClassifyConfig, JobConfig
 from alle_dist.io import storage
 from alle_dist.models import inference
-from alle_dist.schema import IMAGE_SUFFIXES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,7 +46,7 @@ def inputs(args, tmp: str) -> str:
     if src is None:
         from alle_dist.testing import synthetic
         src = synthetic.generate(f"{tmp}/syn", n_per_class=max(args.n_images // 4, 8))
-    files = [rel for rel, _ in storage.list_files(src, IMAGE_SUFFIXES)]
+    files = storage.list_images(src)
     if storage.is_s3(src):
         return src  # the job reads the prefix as it is
     out = Path(tmp) / "in"
@@ -62,12 +61,12 @@ def inputs(args, tmp: str) -> str:
 def bare_loop(plan: cls_run.Job, device: str, batch_size: int, threads: int) -> float:
     """images/s of read + decode + segment (threads, prefetched) → models → ensemble in one process."""
     core = cls_pipeline.Classifier(plan.models, "bare", device)
-    todo = pa.concat_tables([cls_todo.plan_chunk(c, cls_todo.empty_index(False), False).todo for c in plan.chunks])
+    todo = pa.concat_tables([planning.plan_chunk(c, planning.empty_index(False), False).todo for c in plan.chunks])
     chunks = [todo.slice(i, batch_size) for i in range(0, todo.num_rows, batch_size)]
-    core(inference.prepare_batch(chunks[0], plan.prep))               # warm-up: not timed
+    core(inference.read_batch(chunks[0], plan.prep))               # warm-up: not timed
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        n = sum(core(b).num_rows for b in pool.map(lambda c: inference.prepare_batch(c, plan.prep), chunks))
+        n = sum(core(b).num_rows for b in pool.map(lambda c: inference.read_batch(c, plan.prep), chunks))
     _sync(device)
     return n / (time.perf_counter() - t)
 
@@ -113,12 +112,12 @@ def main() -> None:
     run = str(make_run_dir(Path(tmp) / "run", backbones=tuple(backbones), image_size=size, gamma=0.7))
     src = inputs(args, tmp)
     cfg = JobConfig(classify=ClassifyConfig(batch_size=batch, commit_rows=50_000, gpus=1 if gpu else 0))
-    bare = bare_loop(cls_run.prepare(run, src, f"{tmp}/bare", cfg), args.device, batch,
+    bare = bare_loop(cls_run.setup(run, src, f"{tmp}/bare", cfg), args.device, batch,
                      args.decode_threads or cpus)
 
     from alle_dist.runtime import init_ray
     init_ray(num_cpus=cpus)
-    whole = job(cls_run.prepare(run, src, f"{tmp}/out", cfg))
+    whole = job(cls_run.setup(run, src, f"{tmp}/out", cfg))
     print(json.dumps({
         "bench": "classify_throughput", "device": args.device,
         "card": torch.cuda.get_device_name(0) if gpu else None, "cpus": cpus,

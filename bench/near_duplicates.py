@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alle_dist import schema  # noqa: E402
+from alle_dist.constants import NEAR_RADIUS  # noqa: E402
 from alle_dist.io.images import decode_rgb  # noqa: E402
 from alle_dist.prepare import split as catalog  # noqa: E402
 from alle_dist.prepare import neardup  # noqa: E402
@@ -96,7 +97,7 @@ def straddling(groups: list[int], split: list[str | None]) -> tuple[int, int]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="folder with MANIFEST.csv and Original/<class>/*.jpg")
-    p.add_argument("--radius", type=int, default=neardup.NEAR_RADIUS)
+    p.add_argument("--radius", type=int, default=NEAR_RADIUS)
     p.add_argument("--scan", type=int, default=16, help="measure pixel statistics of pairs within this distance")
     p.add_argument("--same-peak", type=float, default=0.3, help="phase-correlation peak that counts as the same field")
     args = p.parse_args()

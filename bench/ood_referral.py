@@ -3,7 +3,7 @@
     python bench/ood_referral.py --run-dir RUN --device cuda [--limit 300] [--target-coverage 0.98]
 
 Needs a RUN with trained backbones (models/<b>/ with ood.safetensors) and its manifest. Builds the
-OOD set (alle_dist.oodset) from test-split images, runs every backbone on validation, test and OOD
+OOD set (testing.unfamiliar) from test-split images, runs every backbone on validation, test and OOD
 images with the training preprocessing (HSV segmentation, resize), fits each method's threshold on
 the validation split at the target coverage, and prints per method the in-distribution test
 coverage and the OOD referral rate (overall and per kind). The last line is one JSON object.
@@ -22,18 +22,18 @@ import numpy as np
 from alle_dist import errors
 from alle_dist import schema
 from alle_dist.config import SegmentConfig
-from alle_dist.ensemble import probs as ens_probs
-from alle_dist.ensemble import rule as ens_rule
+from alle_dist.ensemble import split_probs
+from alle_dist.ensemble import weighted
 from alle_dist.imaging.model_input import preprocess as model_input
 from alle_dist.io import storage
 from alle_dist.rundir import RunDir
 from alle_dist.io.images import decode_rgb, encode_png
 from alle_dist.models import feature_distance
 from alle_dist.models import field_stats
-from alle_dist.models import files as model_files
+from alle_dist.models import persistence
 from alle_dist.prepare import catalog
 from alle_dist.prepare import manifest as prep_manifest
-from alle_dist.referral import rule as referral
+from alle_dist.referral import signals
 from alle_dist.testing import unfamiliar
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,52 +84,52 @@ def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int)
             "image_reference": ref if img is not None else None}
 
 
-def decide(spec: ens_rule.EnsembleSpec, s: dict) -> np.ndarray:
-    return ens_rule.apply(spec, s["probs"], s["ood"], s["mask_fraction"], s["image_score"]).refer
+def decide(spec: weighted.EnsembleSpec, s: dict) -> np.ndarray:
+    return weighted.apply(spec, s["probs"], s["ood"], s["mask_fraction"], s["image_score"]).refer
 
 
 def _ood_stats(mdir: str) -> dict:
     """ood.safetensors, sha256-checked when meta.json records it."""
     try:
-        return model_files.load_ood(mdir)
+        return persistence.load_ood(mdir)
     except errors.StorageError:
-        uri = storage.join(mdir, model_files.OOD_FILE)
-        return {k: v.numpy() for k, v in model_files.load_tensors(uri, None).items()}
+        uri = storage.join(mdir, persistence.OOD_FILE)
+        return {k: v.numpy() for k, v in persistence.load_tensors(uri, None).items()}
 
 
 def _one_sided(val: np.ndarray, target: float) -> float:
     return float(np.quantile(val, target, method="higher"))
 
 
-def methods(spec: ens_rule.EnsembleSpec, val: dict, target: float, rule_signals=referral.DEFAULT_SIGNALS) -> dict:
+def methods(spec: weighted.EnsembleSpec, val: dict, target: float, rule_signals=signals.DEFAULT_SIGNALS) -> dict:
     """name → function(signals) -> refer (bool N), each fitted on validation signals at `target`."""
     bs, w, temps = spec.backbones, spec.weights, spec.temperatures
-    msp = lambda s, t: 1 - ens_rule.combine([s["probs"][b] for b in bs], w, t).max(1)  # noqa: E731
-    dis = lambda s: referral.disagreement([ens_rule.scale(s["probs"][b], T) for b, T in zip(bs, temps)])  # noqa: E731
+    msp = lambda s, t: 1 - weighted.combine([s["probs"][b] for b in bs], w, t).max(1)  # noqa: E731
+    dis = lambda s: signals.disagreement([weighted.scale(s["probs"][b], T) for b, T in zip(bs, temps)])  # noqa: E731
     thr_m = {b: _one_sided(val["ood"][b], target) for b in bs}
     t_msp, t_mspt, t_dis = _one_sided(msp(val, None), target), _one_sided(msp(val, temps), target), _one_sided(dis(val), target)
-    only_mask = referral.fit_referral({bs[0]: val["probs"][bs[0]]}, None, val["mask_fraction"], target,
+    only_mask = signals.fit_referral({bs[0]: val["probs"][bs[0]]}, None, val["mask_fraction"], target,
                                       signals=("mask_low", "mask_high"))
-    no_ref = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps)
-    low_conf = ens_rule.apply(no_ref, val["probs"]).refer
-    scaled = {b: ens_rule.scale(val["probs"][b], T) for b, T in zip(bs, temps)}
-    fit = lambda which, low=None: referral.fit_referral(  # noqa: E731
+    no_ref = weighted.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps)
+    low_conf = weighted.apply(no_ref, val["probs"]).refer
+    scaled = {b: weighted.scale(val["probs"][b], T) for b, T in zip(bs, temps)}
+    fit = lambda which, low=None: signals.fit_referral(  # noqa: E731
         scaled, val["ood"], val["mask_fraction"], target, already_referred=low, signals=which,
         image_score=val["image_score"], image_reference=val["image_reference"])
     combo = fit(rule_signals, low_conf)
-    combo_spec = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, combo)
-    combo_all = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(referral.SIGNALS, low_conf))
-    no_image = ens_rule.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(("ood_score", "mask_low"), low_conf))
-    image_only = ens_rule.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(("image_score",)))
+    combo_spec = weighted.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, combo)
+    combo_all = weighted.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(signals.SIGNALS, low_conf))
+    no_image = weighted.EnsembleSpec(bs, spec.classes, w, spec.gamma, temps, fit(("ood_score", "mask_low"), low_conf))
+    image_only = weighted.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(("image_score",)))
     # The unfamiliar-image rule alone (γ = 0): what the rule adds beyond a confidence threshold.
-    unfam_spec = ens_rule.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(rule_signals))
+    unfam_spec = weighted.EnsembleSpec(bs, spec.classes, w, 0.0, temps, fit(rule_signals))
     out = {
         "msp": lambda s: msp(s, None) > t_msp,
         "msp_temperature": lambda s: msp(s, temps) > t_mspt,
         "disagreement": lambda s: dis(s) > t_dis,
         "mahalanobis": lambda s: _maha_union(s, bs, thr_m),
         "image_stats": lambda s: decide(image_only, s),
-        "mask_fraction": lambda s: ens_rule.apply(ens_rule.EnsembleSpec(bs, spec.classes, w, 0.0, temps, only_mask),
+        "mask_fraction": lambda s: weighted.apply(weighted.EnsembleSpec(bs, spec.classes, w, 0.0, temps, only_mask),
                                                   s["probs"], None, s["mask_fraction"]).refer,
         "unfamiliar_rule": lambda s: decide(unfam_spec, s),
         "combined_without_image": lambda s: decide(no_image, s),
@@ -158,11 +158,11 @@ def save_signals(path: str, sig: dict, val_y, test_y, kinds) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def load_or_default_spec(run_dir: str, backbones) -> ens_rule.EnsembleSpec:
-    if storage.exists(ens_rule.spec_uri(run_dir)):
-        return ens_rule.load_spec(run_dir)
-    classes = ens_probs.model_classes(run_dir, backbones[0])
-    return ens_rule.EnsembleSpec(tuple(backbones), classes, (1 / len(backbones),) * len(backbones), 0.7)
+def load_or_default_spec(run_dir: str, backbones) -> weighted.EnsembleSpec:
+    if storage.exists(RunDir(run_dir).ensemble):
+        return weighted.load_spec(run_dir)
+    classes = split_probs.model_classes(run_dir, backbones[0])
+    return weighted.EnsembleSpec(tuple(backbones), classes, (1 / len(backbones),) * len(backbones), 0.7)
 
 
 def main(argv=None) -> int:
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--val-limit", type=int, default=None, help="validation images for fitting (default all)")
     p.add_argument("--kinds", default=",".join(unfamiliar.KINDS))
     p.add_argument("--target-coverage", type=float, default=0.98)
-    p.add_argument("--signals", default=",".join(referral.DEFAULT_SIGNALS),
-                   help=f"signals of the 'combined' rule, from {','.join(referral.SIGNALS)}")
+    p.add_argument("--signals", default=",".join(signals.DEFAULT_SIGNALS),
+                   help=f"signals of the 'combined' rule, from {','.join(signals.SIGNALS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-ood", default=None, help="also write the OOD PNGs to this folder")
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     spec0 = load_or_default_spec(a.run_dir, a.backbones.split(",") if a.backbones else ["densenet201", "resnet50"])
     bs = tuple(a.backbones.split(",")) if a.backbones else spec0.backbones
-    spec = spec0 if bs == spec0.backbones else ens_rule.EnsembleSpec(bs, spec0.classes, (1 / len(bs),) * len(bs), spec0.gamma)
+    spec = spec0 if bs == spec0.backbones else weighted.EnsembleSpec(bs, spec0.classes, (1 / len(bs),) * len(bs), spec0.gamma)
     val_data, val_y, _ = split_images(a.run_dir, schema.VAL, a.val_limit, a.seed)
     test_data, test_y, _ = split_images(a.run_dir, schema.TEST, a.limit, a.seed)
     kinds = [k for k in a.kinds.split(",") if k]

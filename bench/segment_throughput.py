@@ -24,7 +24,6 @@ from alle_dist.config import SegmentConfig
 from alle_dist.imaging import hsv
 from alle_dist.io import storage
 from alle_dist.io.images import decode_rgb
-from alle_dist.schema import IMAGE_SUFFIXES
 from alle_dist.segment import stage as seg_stage
 from alle_dist.testing import synthetic
 
@@ -69,7 +68,7 @@ def main() -> None:
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="segbench-")
     src = args.data or (str(SHARED) if SHARED.is_dir() else synthetic.generate(f"{tmp}/syn", n_per_class=args.limit // 4))
-    files = [rel for rel, _ in storage.list_files(src, IMAGE_SUFFIXES)][: args.limit]
+    files = storage.list_images(src)[: args.limit]
     cfg, cpus = SegmentConfig(), args.num_cpus or os.cpu_count()
     dst = f"{tmp}/out" if args.write else None
     one_process(src, files[:32], cfg, dst)                     # warm the page cache and imports

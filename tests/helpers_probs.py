@@ -14,8 +14,8 @@ import pyarrow as pa
 from alle_dist import schema
 from alle_dist.ensemble.lineage import snapshot
 from alle_dist.io import storage
-from alle_dist.models import files as model_files
-from alle_dist.models import lineage as model_lineage
+from alle_dist.models import persistence
+from alle_dist.models import provenance
 from alle_dist.prepare.manifest import manifest_id, recorded_id
 from alle_dist.rundir import RunDir
 
@@ -68,15 +68,15 @@ def write_probs(run_dir, backbone: str, split: str, paths, y, probs, ood=None, m
     out = RunDir(str(run_dir)).model(backbone)
     if meta:   # a model folder without weights: what the stages after training read of it, with lineage
         write_model_meta(run_dir, backbone, classes)
-    storage.write_parquet(table.replace_schema_metadata(model_lineage.outputs_metadata(out)), out.probs(split))
+    storage.write_parquet(table.replace_schema_metadata(provenance.outputs_metadata(out)), out.probs(split))
     return out.probs(split)
 
 
 def write_model_meta(run_dir, backbone: str, classes=CLASSES) -> dict:
-    """meta.json through models.files.write_meta, trained on RUN's manifest when there is one."""
+    """meta.json through models.persistence.write_meta, trained on RUN's manifest when there is one."""
     run = RunDir(str(run_dir))
     manifest = recorded_id(run) if storage.exists(run.manifest) else None
-    return model_files.write_meta(run.model(backbone).root, {
+    return persistence.write_meta(run.model(backbone).root, {
         "architecture": backbone, "classes": list(classes), "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
         "sha256": "no weights in this test", "lineage": {"manifest": manifest}})
 
@@ -106,7 +106,7 @@ def corrections_case(tmp: Path):
       ../../evil.jpg  1: 0 (0.6), 1 → 1      fn_to_tp + fp_to_tn of densenet201, path traversal name
       Pre/t6.jpg      2: 2, 2 → refer        unfamiliar (ood_score 10 > 5): referred, not a correction
     Returns (run_dir, source_dir, paths)."""
-    from alle_dist.ensemble import rule as ensemble
+    from alle_dist.ensemble import weighted
     from PIL import Image
 
     run, src = tmp / "run", tmp / "a" / "b" / "src"
@@ -127,7 +127,7 @@ def corrections_case(tmp: Path):
     for b, p in zip(BACKBONES, (pa_, pb)):
         write_probs(run, b, "test", paths, y, p, ood=ood)
         write_probs(run, b, "val", paths, y, p, ood=ood)
-    spec = ensemble.EnsembleSpec(BACKBONES, CLASSES, (0.5, 0.5), 0.5, (1.0, 1.0),
+    spec = weighted.EnsembleSpec(BACKBONES, CLASSES, (0.5, 0.5), 0.5, (1.0, 1.0),
                                  {"ood_score": {"densenet201": 5.0, "resnet50": 5.0}})
-    ensemble.save_spec(str(run), spec, objective="test", lineage=snapshot(RunDir(str(run)), BACKBONES))
+    weighted.save_spec(str(run), spec, objective="test", lineage=snapshot(RunDir(str(run)), BACKBONES))
     return run, src, paths

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alle_dist.ensemble import rule as ensemble
-from alle_dist.ensemble.probs import SplitProbs
+from alle_dist.ensemble import weighted
+from alle_dist.ensemble.split_probs import SplitProbs
 from alle_dist.evaluate import metrics as EV
 from alle_dist.evaluate import report
 
@@ -50,16 +50,16 @@ def split(n: int = 80, seed: int = 0, paths=None, baseline: bool = True) -> tupl
 def fitted_temperatures(data: SplitProbs) -> tuple[float, ...]:
     """Per member, the temperature of a grid with the lowest ECE (T = 1 is on it: never worse)."""
     grid = np.round(np.arange(0.5, 2.01, 0.05), 2)
-    return tuple(float(min(grid, key=lambda t: EV.ece(ensemble.scale(data.probs[b], t), data.y)[0]))
+    return tuple(float(min(grid, key=lambda t: EV.ece(weighted.scale(data.probs[b], t), data.y)[0]))
                  for b in BACKBONES)
 
 
-def spec(weights=(0.7, 0.3), temperatures=(1.0, 1.0), gamma: float = 0.7) -> ensemble.EnsembleSpec:
-    return ensemble.EnsembleSpec(BACKBONES, CLASSES, weights, gamma, temperatures,
+def spec(weights=(0.7, 0.3), temperatures=(1.0, 1.0), gamma: float = 0.7) -> weighted.EnsembleSpec:
+    return weighted.EnsembleSpec(BACKBONES, CLASSES, weights, gamma, temperatures,
                                  {"ood_score": {b: 6.0 for b in BACKBONES}, "mask_fraction": {"low": 0.05, "high": None}})
 
 
-def doc_for(tmp: Path, data: SplitProbs, baselines: dict, sp: ensemble.EnsembleSpec):
+def doc_for(tmp: Path, data: SplitProbs, baselines: dict, sp: weighted.EnsembleSpec):
     """(doc, outputs) as evaluate_run builds them; the corrections counted by report.corrections
     (no manifest under `tmp`: the images are listed, not copied)."""
     outputs = EV.model_outputs(data, sp)
@@ -103,7 +103,7 @@ def gallery_run(tmp: Path, n_test: int = 48, n_train: int = 16, image_size: int 
     from helpers_run import make_run_dir, write_images
 
     from alle_dist.ensemble.lineage import snapshot
-    from alle_dist.models import files as model_files
+    from alle_dist.models import persistence
     from alle_dist.prepare.manifest import recorded_id
     from alle_dist.rundir import RunDir
 
@@ -116,11 +116,11 @@ def gallery_run(tmp: Path, n_test: int = 48, n_train: int = 16, image_size: int 
     write_manifest(run, src, [{"path": p, "label": p.split("/")[0], "split": s} for p, s in zip(rels, splits)])
     rd = RunDir(str(run))
     for b in MEMBERS:                    # what training records: the manifest the model was trained on
-        meta = model_files.read_meta(rd.model(b).root)
-        model_files.write_meta(rd.model(b).root, {**meta, "lineage": {"manifest": recorded_id(rd)}})
+        meta = persistence.read_meta(rd.model(b).root)
+        persistence.write_meta(rd.model(b).root, {**meta, "lineage": {"manifest": recorded_id(rd)}})
     y = np.arange(n_test) % 4                                    # as write_images labels them
     ood = np.where(np.arange(n_test) % 11 == 10, 9.0, 1.0)
     for b, p in zip(MEMBERS, _pattern_probs(y)):
         write_probs(run, b, "test", test, y, p, ood=ood, meta=False)   # meta=False: keep the model's meta.json
-    ensemble.save_spec(str(run), ensemble.load_spec(str(run)), objective="test", lineage=snapshot(rd, MEMBERS))
+    weighted.save_spec(str(run), weighted.load_spec(str(run)), objective="test", lineage=snapshot(rd, MEMBERS))
     return run

@@ -1,7 +1,7 @@
 """Test helpers other test modules reuse: a real run directory with tiny untrained models, small
 smear-like images, and the bad inputs the bulk classifier must survive.
 
-Everything here is real files written through the project's own writers (modelio, ensemble, ood):
+Everything here is real files written through the project's own writers (models.persistence, ensemble.weighted, models.feature_distance):
 no mocks.
 """
 from __future__ import annotations
@@ -92,35 +92,31 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
                  referral: dict | None = None, image_stats: bool = True) -> Path:
-    """A real run directory: tiny untrained timm models saved through modelio, OOD statistics
-    fitted with ood.fit on random features and imagestats.fit on smear images, ensemble.json
-    through ensemble.save_spec."""
+    """A real run directory: tiny untrained timm models saved through models.persistence, OOD statistics
+    fitted with feature_distance.fit on random features and field_stats.fit on smear images, ensemble.json
+    through weighted.save_spec."""
     import torch
-    from alle_dist.models import registry as bb
-    from alle_dist.ensemble import rule as ensemble
+    from alle_dist.config import SegmentConfig
+    from alle_dist.ensemble import weighted
     from alle_dist.ensemble.lineage import snapshot
+    from alle_dist.models import feature_distance, field_stats, persistence, preprocessing, registry
     from alle_dist.rundir import RunDir
-    from alle_dist.models import feature_distance as ood
-    from alle_dist.models import field_stats as imagestats
-    from alle_dist.models import files as modelio
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     for name in backbones:
-        model = bb.create(name, len(classes), "none").eval()
-        mean, std = bb.normalisation(model)
-        meta = {"architecture": name, "classes": list(classes), "image_size": image_size,
-                "mean": list(mean), "std": list(std)}
+        model = registry.create(name, len(classes), "none").eval()
+        prep = preprocessing.Preprocessing(image_size, *registry.normalisation(model), SegmentConfig())
+        meta = preprocessing.record({"architecture": name, "classes": list(classes)}, prep)
         model_dir = str(run_dir / "models" / name)
-        modelio.save_model(model_dir, model, meta)
+        persistence.save_model(model_dir, model, meta)
         dim = int(model.num_features)
         feats = rng.normal(size=(64, dim)).astype(np.float32)
-        stats = ood.fit(feats, rng.integers(0, len(classes), 64), len(classes))
+        stats = feature_distance.fit(feats, rng.integers(0, len(classes), 64), len(classes))
         if image_stats:   # False: models from before alle_dist had image statistics
-            stats.update(imagestats.fit(np.stack([imagestats.features(smear(rng)) for _ in range(32)])))
-        modelio.save_ood(model_dir, stats)
+            stats.update(field_stats.fit(np.stack([field_stats.features(smear(rng)) for _ in range(32)])))
+        persistence.save_ood(model_dir, stats)
     w = weights or [1.0 / len(backbones)] * len(backbones)
-    spec = ensemble.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,
+    spec = weighted.EnsembleSpec(backbones=tuple(backbones), classes=tuple(classes), weights=w,
                                  gamma=gamma, referral=referral or {})
-    ensemble.save_spec(str(run_dir), spec, objective="test", lineage=snapshot(RunDir(str(run_dir)), backbones))
+    weighted.save_spec(str(run_dir), spec, objective="test", lineage=snapshot(RunDir(str(run_dir)), backbones))
     return run_dir

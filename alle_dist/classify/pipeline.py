@@ -12,9 +12,9 @@ import pyarrow as pa
 
 from .. import schema
 from ..config import ClassifyConfig
-from ..ensemble import rule as ensemble
+from ..ensemble import weighted
 from ..models import feature_distance, field_stats, inference
-from .plan import Models, load_ood_stats
+from .resolve import Models, load_ood_stats
 from .rows import RowMaker
 
 PASSED = ("uri", "sha256", "bytes", "mtime_ns", "etag", "status", "error", "mask_fraction")
@@ -51,7 +51,7 @@ class Decider:
         if self.image_stats is not None:
             img = field_stats.score(inference.unpack_rows(batch.column("image_stats"), ok), self.image_stats)
             cols["image_score"] = inference.scatter(ok, img)
-        d = ensemble.apply(self.spec, probs, scores, mf, img)
+        d = weighted.apply(self.spec, probs, scores, mf, img)
         names = np.array(list(self.spec.classes) + [schema.REFER], dtype=object)
         scatter = inference.scatter
         cols["label"] = scatter(ok, names[d.label])          # label -1 → names[-1] = 'refer'
@@ -68,7 +68,7 @@ class Decider:
 
 
 class Classifier:
-    """Both halves in one process (tests, the benchmark's bare loop): prepared rows → result rows."""
+    """Both halves in one process (tests, the benchmark's bare loop): read rows → result rows."""
 
     def __init__(self, models: Models, run_id: str, device: str = "cpu"):
         self.runner = inference.ModelRunner(model_dirs(models), device)
@@ -89,9 +89,9 @@ def _decide(batch: pa.Table, decider: Decider) -> pa.Table:
     return decider(batch)
 
 
-def build_dataset(todo: pa.Table, models: Models, prep: inference.PrepSpec, cfg: ClassifyConfig, decider: Decider):
+def build_dataset(todo: pa.Table, models: Models, prep: inference.ReadSpec, cfg: ClassifyConfig, decider: Decider):
     """read + decode + segment (tasks) → models (actor pool) → OOD + ensemble (tasks), lazily, over
-    `todo` (classify.todo.TODO_SCHEMA). The input blocks are put in the object store by the driver,
+    `todo` (classify.planning.TODO_SCHEMA). The input blocks are put in the object store by the driver,
     which owns them: a lost node's blocks are rebuilt from them."""
     import ray.data
 

@@ -30,13 +30,10 @@ class RowMaker:
 
     def __init__(self, spec, model_sha256: str, run_id: str):
         self.schema = schema.classify_schema(list(spec.classes), list(spec.backbones))
-        r = spec.referral
         self.constants = {
             "weights": pa.array([dict(zip(spec.backbones, map(float, spec.weights)))], schema.WEIGHTS_TYPE),
             "gamma": pa.array([spec.gamma], pa.float32()),
-            "thresholds": pa.array([schema.referral_thresholds(r.ood_score, r.mask_low, r.mask_high,
-                                                               r.image_score, r.disagreement)],
-                                   schema.THRESHOLDS_TYPE),
+            "thresholds": pa.array([spec.referral.thresholds()], schema.THRESHOLDS_TYPE),
             "model_sha256": pa.array([model_sha256], pa.string()),
             "version": pa.array([__version__], pa.string()),
             "run_id": pa.array([run_id], pa.string()),

@@ -1,8 +1,8 @@
 """One classify run, driven from the driver: checks before any work, then plan → read → commit.
 
-`prepare` does everything that can fail on the user's side before Ray starts (DST usable, models
+`setup` does everything that can fail on the user's side before Ray starts (DST usable, models
 intact, SRC listable and holding images, DST holding this model's results or nothing).
-`execute` streams: each listing chunk is planned against DST's index (classify.todo); error rows
+`execute` streams: each listing chunk is planned against DST's index (classify.planning); error rows
 that need no reading are committed as they come; inputs to read gather into waves of at most
 `wave_rows`, each one Ray Data pass (classify.pipeline); result rows are committed every
 `commit_rows` rows or `commit_seconds` (classify.commit). Ray starts at the first wave: a run with
@@ -27,11 +27,11 @@ from ..config import ClassifyConfig, JobConfig
 from ..errors import StorageError
 from ..io import storage
 from ..models import inference
-from . import listing as listing_mod
-from . import todo as planner
+from .listing import Listing, list_inputs, read_input_list
+from . import planning
 from .commit import Committer
 from .pipeline import Decider, build_dataset
-from .plan import Models, prep_spec, resolve_models
+from .resolve import Models, read_spec, resolve_models
 from .rows import RowMaker
 from .store import ResultStore
 
@@ -48,10 +48,10 @@ def utc_now() -> str:
 @dataclass
 class Job:
     models: Models
-    prep: inference.PrepSpec
+    prep: inference.ReadSpec
     cfg: ClassifyConfig
     store: ResultStore
-    listing: listing_mod.Listing
+    listing: Listing
     chunks: Iterator[pa.Table]
     run: dict
     start_ray: Callable[[], None] = lambda: None
@@ -65,13 +65,13 @@ def identity(models: Models) -> dict:
             "backbones": list(models.spec.backbones), "classes": list(models.spec.classes)}
 
 
-def prepare(run_dir: str, src: str | None, dst: str, job: JobConfig, input_list: str | None = None,
+def setup(run_dir: str, src: str | None, dst: str, job_cfg: JobConfig, input_list: str | None = None,
             run_id: str | None = None, start_ray: Callable[[], None] = lambda: None) -> Job:
     """Every check that needs no cluster; raises a UsageError (one line) before any work."""
     store = ResultStore(dst)
     store.check_usable()
     models = resolve_models(run_dir)
-    found = listing_mod.read_input_list(input_list) if input_list else listing_mod.list_inputs(src)
+    found = read_input_list(input_list) if input_list else list_inputs(src)
     chunks = iter(found)
     first = next(chunks, None)
     if first is None:
@@ -82,8 +82,8 @@ def prepare(run_dir: str, src: str | None, dst: str, job: JobConfig, input_list:
     store.open(schema.classify_schema(list(models.spec.classes), list(models.spec.backbones)), identity(models))
     run = {"run_id": run_id or new_run_id(), "status": "running", "dst": store.uri, "started_at": utc_now(),
            "src": storage.absolute(src) if src else None, "input_list": input_list,
-           "trust_size": not job.classify.verify_sha256}
-    return Job(models, prep_spec(models, job), job.classify, store, found, itertools.chain([first], chunks),
+           "trust_size": not job_cfg.classify.verify_sha256}
+    return Job(models, read_spec(models, job_cfg), job_cfg.classify, store, found, itertools.chain([first], chunks),
                run, start_ray)
 
 
@@ -106,12 +106,12 @@ def execute(job: Job) -> list[str]:
 
 def _loop(job: Job, committer: Committer) -> list[str]:
     trust = not job.cfg.verify_sha256
-    index = planner.build_index(job.store.batches(list(planner.index_columns(trust))), trust)
+    index = planning.build_index(job.store.batches(list(planning.index_columns(trust))), trust)
     rows = RowMaker(job.models.spec, job.models.model_sha256, job.run["run_id"])
     problems, pending, waiting = [], [], 0
     with _progress() as bar:
         for chunk in job.chunks:
-            plan = planner.plan_chunk(chunk, index, trust)
+            plan = planning.plan_chunk(chunk, index, trust)
             pa.default_memory_pool().release_unused()   # the join's freed buffers: else +45 MB over 40 chunks
             _count(job.counts, inputs=chunk.num_rows, skipped=plan.skipped, errors=plan.direct.num_rows)
             if plan.direct.num_rows:

@@ -23,10 +23,10 @@ def _run(args: argparse.Namespace, job_cfg) -> int:
     from ..errors import StorageError
     from ..io import storage
     from ..runtime import init_ray
-    from .run import execute, prepare
+    from .run import execute, setup
 
     # Every user error (DST, models, SRC, no images) surfaces here, before Ray starts.
-    job = prepare(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
+    job = setup(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
                   start_ray=lambda: init_ray(args.num_cpus))
     where = job.store.side_path("classify_config.yaml")
     try:

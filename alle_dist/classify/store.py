@@ -63,6 +63,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..constants import SECRET_ENV_VARS
 from ..errors import ConfigError, StorageError
 from ..io import storage
 
@@ -74,7 +75,6 @@ CONF_IDENTITY = "alle_dist.identity"
 COMMIT_KEY = "alle_dist.run"
 _CHANGED = ("(t.sha256 IS DISTINCT FROM s.sha256) OR (t.bytes IS DISTINCT FROM s.bytes)"
             " OR (t.status IS DISTINCT FROM s.status)")
-_SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 RUNS_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
@@ -243,7 +243,7 @@ class ResultStore:
 
     def batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
         """The current version's rows batch by batch: a caller that condenses them (classify's
-        planning index, classify.todo.build_index) never holds the whole projection at once."""
+        planning index, classify.planning.build_index) never holds the whole projection at once."""
         yield from self._dataset().to_batches(columns=list(columns), batch_size=16_384, fragment_readahead=1,
                                               batch_readahead=1)
 
@@ -371,7 +371,7 @@ def _stamp(run: dict, model_sha256: str | None, **extra) -> dict:
 def _refuse_secrets(obj) -> None:
     """ValueError if a record would carry this environment's AWS key id, secret or session token."""
     text = json.dumps(obj, default=str)
-    for var in _SECRET_VARS:
+    for var in SECRET_ENV_VARS:
         value = os.environ.get(var)
         if value and len(value) >= 8 and value in text:
             raise ValueError(f"refusing to store a record that contains the value of {var}")

@@ -1,2 +1,2 @@
-"""Stage `tune` and the weighted threshold ensemble it fits: `rule` (the decision), `probs` (cached
-split outputs), `tune` (Ray Tune over weights × γ, temperatures, referral thresholds)."""
+"""The weighted threshold ensemble that tune fits and evaluate and classify apply: `weighted` (the decision),
+`split_probs` (a split's cached model outputs) and `lineage` (what an ensemble.json was tuned on)."""

@@ -9,8 +9,8 @@ import hashlib
 
 from ..errors import StaleArtifactError
 from ..io import storage
-from ..models import files as model_files
-from ..models import lineage as model_lineage
+from ..models import persistence
+from ..models import provenance
 from ..prepare.manifest import recorded_id
 from ..rundir import RunDir
 
@@ -23,9 +23,9 @@ def snapshot(run: RunDir, backbones) -> dict:
     models = {}
     for b in backbones:
         out = run.model(b)
-        meta = model_files.read_meta(out.root)
-        model_lineage.check_trained_on(out, meta, manifest, b, run.root)
-        models[b] = model_files.model_id(meta)
+        meta = persistence.read_meta(out.root)
+        provenance.check_trained_on(out, meta, manifest, b, run.root)
+        models[b] = persistence.model_id(meta)
     return {"manifest": manifest, "models": models}
 
 

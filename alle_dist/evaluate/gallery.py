@@ -18,7 +18,8 @@ from ..errors import DecodeError, StorageError, UsageError
 from ..io import storage
 from ..io.images import decode_rgb
 from ..rundir import RunDir
-from . import page, report
+from . import report
+from .metrics import ENSEMBLE
 
 log = logging.getLogger("alle_dist.report")
 CAPS = {"corrected": 48, "referred": 24, "misclassified": 24}
@@ -87,7 +88,7 @@ def gallery_items(indices, images, paths, y, classes, member_probs: dict[str, np
 
 def chosen(data, outputs: dict, spec, caps: dict[str, int] = CAPS) -> dict[str, list[int]]:
     """Row indices per gallery (select), the first `caps[kind]` of each in split order."""
-    sel = select(data.y, outputs[page.ENSEMBLE].pred, {b: outputs[b].pred for b in spec.backbones})
+    sel = select(data.y, outputs[ENSEMBLE].pred, {b: outputs[b].pred for b in spec.backbones})
     return {kind: idx[: caps.get(kind, len(idx))] for kind, idx in sel.items()}
 
 
@@ -103,10 +104,10 @@ def _read(source: str, rel: str) -> np.ndarray | None:
 
 def _preprocessing(run_dir: str, backbone: str):
     """The backbone's recorded preprocessing, or None when its meta.json can't say (logged)."""
-    from ..models import preprocessing
+    from ..models import persistence, preprocessing
 
     try:
-        return preprocessing.read(storage.read_json(RunDir(run_dir).model(backbone).meta))
+        return preprocessing.read(persistence.read_meta(RunDir(run_dir).model(backbone).root))
     except (OSError, StorageError, ValueError, KeyError, TypeError) as exc:
         log.warning("report gallery: no recorded preprocessing for %s (%s); images shown as stored", backbone, exc)
         return None
@@ -149,7 +150,7 @@ def build(run_dir: str, data, outputs: dict, spec, caps: dict[str, int] = CAPS) 
             if maps is not None:
                 cams[b] = dict(zip(rows, maps))
     first = dict(zip(rows, views[spec.backbones[0]]))
-    ens = outputs[page.ENSEMBLE]
+    ens = outputs[ENSEMBLE]
     out = {}
     for kind, idx in picked.items():
         idx = [i for i in idx if i in first]

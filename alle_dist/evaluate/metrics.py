@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ensemble import probs as probs_mod
-from ..ensemble import rule as ensemble
-from ..ensemble.rule import PAPER_GAMMAS, PAPER_WEIGHTS
+from ..ensemble import split_probs
+from ..ensemble import weighted
+from ..ensemble.weighted import PAPER_GAMMAS, PAPER_WEIGHTS
 from ..referral import bounds
-from ..referral.rule import referral_flags
+from ..referral.signals import referral_flags
 
 ENSEMBLE = "ensemble"
 
@@ -108,29 +108,26 @@ class ModelOutput:
     reason: list
 
 
-def model_outputs(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec | None) -> dict[str, ModelOutput]:
+def model_outputs(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec | None) -> dict[str, ModelOutput]:
     """Every single model's argmax (never referred), and the ensemble's decision under `spec`."""
     out = {}
     temps = dict(zip(spec.backbones, spec.temperatures)) if spec is not None else {}
     for b, p in data.probs.items():
-        scaled = ensemble.scale(p, temps.get(b, 1.0))      # argmax unchanged; calibration may improve
+        scaled = weighted.scale(p, temps.get(b, 1.0))      # argmax unchanged; calibration may improve
         out[b] = ModelOutput(b, scaled, p, p.argmax(1), scaled.max(1), [None] * len(p))
     if spec is not None:
-        d = probs_mod.apply_split(spec, data)
-        raw = ensemble.combine([data.probs[b] for b in spec.backbones], spec.weights)
+        d = split_probs.apply_split(spec, data)
+        raw = weighted.combine([data.probs[b] for b in spec.backbones], spec.weights)
         out[ENSEMBLE] = ModelOutput(ENSEMBLE, d.probs, raw, d.label, d.confidence, d.reason)
     return out
 
 
 def model_metrics(o: ModelOutput, y: np.ndarray, classes) -> dict:
     m = class_metrics(y, o.pred, classes)
-    accepted = o.pred >= 0
     ece_after, bins_after = ece(o.probs, y)
     ece_before, bins_before = ece(o.raw_probs, y)
     m.update({
-        "n": int(len(y)), "coverage": float(accepted.mean()) if len(y) else 0.0,
-        "n_referred": int((~accepted).sum()),
-        "accuracy_on_accepted": float(np.mean(o.pred[accepted] == y[accepted])) if accepted.any() else None,
+        "n": int(len(y)), **weighted.accepted_metrics(y, o.pred), "n_referred": int(np.sum(o.pred < 0)),
         "ece": ece_after, "ece_before_temperature": ece_before,
         "confusion": confusion(y, o.pred, len(classes)),
         "roc": roc(o.probs, y, classes),
@@ -146,7 +143,7 @@ def _count(items) -> dict:
     return {str(k): int(v) for k, v in zip(keys, counts)}
 
 
-def table3(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec) -> list[dict]:
+def table3(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec) -> list[dict]:
     """The paper's Table 3 on the test split: every weight set × γ (with the fitted temperatures and
     referral rule), in the order of spec.backbones (densenet201, resnet50 by default)."""
     rows = []
@@ -154,8 +151,8 @@ def table3(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec) -> list[dict
         return rows
     for w in PAPER_WEIGHTS:
         for g in PAPER_GAMMAS:
-            s = ensemble.EnsembleSpec(spec.backbones, spec.classes, w, g, spec.temperatures, spec.referral)
-            d = probs_mod.apply_split(s, data)
+            s = weighted.EnsembleSpec(spec.backbones, spec.classes, w, g, spec.temperatures, spec.referral)
+            d = split_probs.apply_split(s, data)
             m = class_metrics(data.y, d.label, spec.classes)["overall"]
             rows.append({"weights": list(w), "gamma": g, "coverage": float(1 - d.refer.mean()), **m})
     return rows
@@ -175,13 +172,13 @@ def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: 
             "n": n, "violated": violated, "basis": basis}
 
 
-def guarantee_rows(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec, g: dict | None) -> list[dict]:
+def guarantee_rows(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec, g: dict | None) -> list[dict]:
     """The test split's referral rates (image rule, whole rule) and the error rate among γ-accepted
     images, each beside the bound tune recorded in ensemble.json's "guarantees" (`g`)."""
     if not g:
         return []
     delta, n = float(g["delta"]), len(data.y)
-    d = probs_mod.apply_split(spec, data)
+    d = split_probs.apply_split(spec, data)
     rows = []
     img = g.get("image_rule") or {}
     if img.get("alpha_bound") is not None and data.image_score is not None:
@@ -192,7 +189,7 @@ def guarantee_rows(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec, g: d
     rows.append(guarantee_row("whole rule: share of test images referred", whole.get("upper"), None, delta,
                               int(d.refer.sum()), n, "validation Clopper-Pearson (optimistic)"))
     gr = g.get("gamma_rule") or {}
-    accepted = np.array(["low_confidence" not in (r or "") for r in d.reason], bool)
+    accepted = d.gamma_accepted
     wrong = (d.probs.argmax(1) != data.y) & accepted
     by_sgr = gr.get("set_by") == "sgr"
     bound = (gr.get("sgr") or {}).get("risk_bound") if by_sgr else (gr.get("validation") or {}).get("upper")

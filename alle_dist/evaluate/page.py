@@ -18,7 +18,9 @@ import struct
 
 import numpy as np
 
-ENSEMBLE = "ensemble"
+from ..referral.signals import REASON_WORDS
+from .metrics import ENSEMBLE
+
 DISCLAIMER = ("Not a medical device. This report describes a research model on a held-out test set; "
               "it is not cleared for diagnosis. Every result must be checked by a qualified haematologist.")
 SECTIONS = (("summary", "Summary"), ("models", "How each model did on the test images"),
@@ -29,14 +31,6 @@ SECTIONS = (("summary", "Summary"), ("models", "How each model did on the test i
             ("referred", "Images referred to a haematologist"),
             ("misclassified", "Images the ensemble labelled wrong"), ("plots", "Plots"))
 GALLERIES = ("corrected", "referred", "misclassified")
-REASONS = {
-    "low_confidence": "low confidence: the top weighted score was below γ",
-    "unfamiliar": "unfamiliar: a network's features were far from every training image",
-    "empty_field": "empty field: the segmentation kept too little stained area (blank or red cells only)",
-    "odd_mask": "odd mask: the segmentation kept more stained area than any training image",
-    "odd_image": "odd image: focus, noise, stain colour or shapes unlike the training fields",
-    "disagreement": "disagreement: the networks disagreed more than on any validation image",
-}
 METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1")
 _LABELS = {"f1": "F1"}
 _CSS = """
@@ -221,7 +215,7 @@ def _referrals(doc: dict) -> str:
     for combo, k in combos.items():
         for r in combo.split("+"):
             by_rule[r] = by_rule.get(r, 0) + k
-    rule_rows = [[REASONS.get(r, r), k, f"{100 * k / n:.1f} %"] for r, k in sorted(by_rule.items(), key=lambda x: -x[1])]
+    rule_rows = [[REASON_WORDS.get(r, r), k, f"{100 * k / n:.1f} %"] for r, k in sorted(by_rule.items(), key=lambda x: -x[1])]
     combo_rows = [[c.replace("+", " + "), k] for c, k in sorted(combos.items(), key=lambda x: -x[1])]
     return (f"<p>{total} of {doc['n']} test images ({100 * total / n:.1f} %) were referred instead of labelled. "
             "An image can trip several rules, so the first table can add up to more than that.</p>"
@@ -286,7 +280,7 @@ def _item(it: dict) -> str:
              for n, lab, c in it["members"]]
     lab, conf = it["ensemble"]
     if it.get("reason"):
-        why = "; ".join(REASONS.get(r, r).split(":")[0] for r in it["reason"].split("+"))
+        why = "; ".join(REASON_WORDS.get(r, r).split(":")[0] for r in it["reason"].split("+"))
         ens = f"referred ({_e(why)}); top class {_e(lab)} {num(float(conf), 2)}"
     else:
         ens = f'<span class="{mark(lab)}">{_e(lab)} {num(float(conf), 2)}</span>'

@@ -21,6 +21,7 @@ from ..errors import StorageError
 from ..io import storage
 from ..rundir import RunDir
 from . import page, plots
+from .metrics import ENSEMBLE
 
 log = logging.getLogger("alle_dist.report")
 KINDS = ("fn_to_tp", "fp_to_tn", "broken")   # broken: a backbone was right and the ensemble labelled it wrong
@@ -59,7 +60,7 @@ def correction_rows(data, outputs: dict, spec) -> list[dict]:
     fn_to_tp: true class c, the backbone said not-c, the ensemble said c.
     fp_to_tn: the backbone said c wrongly, the ensemble gave the true label (so not c).
     broken:   the backbone was right, the ensemble gave a wrong label (a referral is not counted)."""
-    ens, y, classes = outputs["ensemble"].pred, data.y, spec.classes
+    ens, y, classes = outputs[ENSEMBLE].pred, data.y, spec.classes
     rows = []
     for b in spec.backbones:
         pb = outputs[b].pred
@@ -131,7 +132,7 @@ def correction_counts(rows: list[dict], backbones) -> dict:
 
 
 def _referred_right(data, outputs: dict, spec) -> int:
-    ens, y = outputs["ensemble"].pred, data.y
+    ens, y = outputs[ENSEMBLE].pred, data.y
     return int(sum(np.sum((outputs[b].pred == y) & (ens < 0)) for b in spec.backbones))
 
 
@@ -196,7 +197,7 @@ def run_details(run_dir: str, doc: dict) -> dict:
         splits = [s for s, ok in zip(table.column("split").to_pylist(), table.column("status").to_pylist())
                   if s and ok == schema.OK]
         details["split_sizes"] = {s: splits.count(s) for s in schema.SPLITS if s in splits}
-    details["models"] = {name: _identity(run_dir, name) for name in doc["models"] if name != page.ENSEMBLE}
+    details["models"] = {name: _identity(run_dir, name) for name in doc["models"] if name != ENSEMBLE}
     details["versions"] = versions()
     return details
 
@@ -217,30 +218,16 @@ def versions() -> dict[str, str]:
 
 def _identity(run_dir: str, name: str) -> dict:
     """A model's identity from its meta.json: architecture, model id, input, how it was trained."""
-    from ..models import preprocessing
+    from ..models import persistence, preprocessing
 
     try:
-        meta = storage.read_json(RunDir(run_dir).model(name).meta)
-    except (OSError, StorageError, ValueError) as exc:
+        meta = persistence.read_meta(RunDir(run_dir).model(name).root)
+    except (OSError, StorageError) as exc:   # a missing, damaged or edited meta.json: said on the page
         return {"model id": f"unreadable meta.json ({storage.first_line(exc)})"}
-    try:
-        prep = preprocessing.read(meta)
-        size, seen = f"{prep.image_size} px", "HSV-segmented" if prep.segment else "original"
-    except (KeyError, TypeError, ValueError):
-        size = seen = "?"
-    return {"architecture": meta.get("architecture", "?"), "model id": _model_id(meta),
-            "image size": size, "input": seen, "pretrained": meta.get("pretrained", "?"),
-            "trained with": _versions(meta.get("versions"))}
-
-
-def _model_id(meta: dict) -> str:
-    """models.files.model_id (weights + meta.json + referral statistics); older models: the weights' sha256."""
-    from ..models import files as model_files
-
-    try:
-        return model_files.model_id(meta)
-    except KeyError:
-        return meta.get("sha256", "?")
+    prep = preprocessing.read(meta)
+    return {"architecture": meta["architecture"], "model id": persistence.model_id(meta),
+            "image size": f"{prep.image_size} px", "input": "HSV-segmented" if prep.segment else "original",
+            "pretrained": meta.get("pretrained", "?"), "trained with": _versions(meta.get("versions"))}
 
 
 def _versions(v) -> str:

@@ -3,17 +3,17 @@
 Reads RUN/models/*/test_probs.parquet (the only stage that touches the test split) and
 RUN/ensemble.json, and writes RUN/report/ (evaluate.report). Core: evaluate.metrics (Ray-free).
 Ray shell: the work is a few thousand rows of cached probabilities, so the stage runs on the driver;
-`main` still initialises Ray for a uniform `ray job submit` entry.
+`main` still initialises Ray for a uniform `ray job_cfg submit` entry.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
-from .. import config as config_mod
-from ..ensemble import lineage as ens_lineage
-from ..ensemble import probs as probs_mod
-from ..ensemble import rule as ensemble
+from .. import config
+from ..ensemble import lineage
+from ..ensemble import split_probs
+from ..ensemble import weighted
 from ..io import storage
 from ..rundir import RunDir
 from .metrics import ENSEMBLE, control_summary, guarantee_rows, model_metrics, model_outputs, table3
@@ -21,22 +21,22 @@ from .metrics import ENSEMBLE, control_summary, guarantee_rows, model_metrics, m
 log = logging.getLogger("alle_dist.evaluate")
 
 
-def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
+def evaluate_run(run_dir: str, cfg: config.EvaluateConfig) -> dict:
     """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
     from . import gallery, report
 
     run = RunDir(run_dir)
-    spec = ensemble.load_spec(run_dir)
-    now = ens_lineage.check(run, storage.read_json(run.ensemble))   # nothing stale behind ensemble.json
-    data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
+    spec = weighted.load_spec(run_dir)
+    now = lineage.check(run, storage.read_json(run.ensemble))   # nothing stale behind ensemble.json
+    data = split_probs.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
     trained = set(run.trained_models()) - set(spec.backbones)
     controls = sorted(b for b in trained if RunDir.CONTROL in b)     # shortcut controls: never a baseline
     for name in sorted(trained):   # baselines and controls were trained on this split too
-        now["models"].update(ens_lineage.snapshot(run, [name])["models"])
+        now["models"].update(lineage.snapshot(run, [name])["models"])
     for extra in sorted(trained - set(controls)):   # baselines: on their own rows
-        bd = probs_mod.load_probs(run_dir, [extra], "test")
+        bd = split_probs.load_probs(run_dir, [extra], "test")
         models[extra] = model_metrics(model_outputs(bd, None)[extra], bd.y, bd.classes)
     ens = models[ENSEMBLE]
     doc = {"per_class": ens["per_class"], "overall": ens["overall"], "coverage": ens["coverage"],
@@ -44,7 +44,7 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
            "ensemble": {"backbones": list(spec.backbones), "weights": list(spec.weights), "gamma": spec.gamma,
                         "temperatures": list(spec.temperatures)},
            "table3": table3(data, spec), "models": models,
-           "lineage": {"ensemble": ens_lineage.ensemble_sha256(run), **now}}
+           "lineage": {"ensemble": lineage.ensemble_sha256(run), **now}}
     doc["guarantees"] = guarantee_rows(data, spec, storage.read_json(run.ensemble).get("guarantees"))
     if controls:
         doc["control"] = _control(run_dir, controls[0], models)
@@ -55,7 +55,7 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
 
 def _control(run_dir: str, name: str, models: dict) -> dict:
     """The shortcut control's test accuracy beside its backbone's (train --control)."""
-    cd = probs_mod.load_probs(run_dir, [name], "test")
+    cd = split_probs.load_probs(run_dir, [name], "test")
     backbone = name.split(RunDir.CONTROL)[0]
     real = (models.get(backbone) or models[ENSEMBLE])["overall"]["accuracy"]
     return control_summary(backbone, cd.y, cd.probs[name].argmax(1), real)
@@ -76,12 +76,12 @@ def _guarantee_lines(doc: dict) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
 
-    job = config_mod.job_config(args.config, evaluate=config_mod.overrides(args, config_mod.EvaluateConfig))
+    job_cfg = config.job_config(args.config, evaluate=config.overrides(args, config.EvaluateConfig))
     RunDir(args.run_dir).check_ready("evaluate")   # a wrong RUN fails in a second, before Ray starts
-    ensemble.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
+    weighted.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
     init_ray(args.num_cpus)
-    doc = evaluate_run(args.run_dir, job.evaluate)
-    config_mod.save_resolved(RunDir(args.run_dir).config("evaluate"), job, run_dir=args.run_dir)
+    doc = evaluate_run(args.run_dir, job_cfg.evaluate)
+    config.save_resolved(RunDir(args.run_dir).config("evaluate"), job_cfg, run_dir=args.run_dir)
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")

@@ -11,22 +11,22 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..constants import EMPTY_FILE, MAX_PIXELS
 from ..errors import DecodeError
 
 # Pillow's own bomb check is a warning below 2x its limit; we check the header ourselves.
 Image.MAX_IMAGE_PIXELS = None
 
-DEFAULT_MAX_PIXELS = 50_000_000
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode JPEG / PNG / TIFF / BMP bytes to an HxWx3 uint8 RGB array.
 
     Greyscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB. A header that
     claims more than `max_pixels` pixels is refused before the pixel data is decoded.
     """
     if not data:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError(EMPTY_FILE)
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:

@@ -126,6 +126,13 @@ def list_files(root: str, suffixes: tuple[str, ...] | None = None) -> list[tuple
     return sorted(out)
 
 
+def list_images(root: str) -> list[str]:
+    """The relative paths of every image file (schema.IMAGE_SUFFIXES) under `root`, sorted."""
+    from ..schema import IMAGE_SUFFIXES
+
+    return [rel for rel, _ in list_files(root, IMAGE_SUFFIXES)]
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

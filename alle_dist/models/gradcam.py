@@ -115,7 +115,8 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray
 
 def heatmaps_for_model_dir(model_dir: str, images: np.ndarray, targets=None) -> np.ndarray:
     """heatmaps() of the trained model in `model_dir` (sha256 checked), with its meta's normalisation."""
-    from . import files as modelio
+    from . import persistence, preprocessing
 
-    model, meta = modelio.load_model(model_dir, device="cpu")
-    return heatmaps(model, images, targets, meta["mean"], meta["std"], int(meta["image_size"]))
+    model, meta = persistence.load_model(model_dir, device="cpu")
+    prep = preprocessing.read(meta)
+    return heatmaps(model, images, targets, prep.mean, prep.std, prep.image_size)

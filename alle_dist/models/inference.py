@@ -4,8 +4,8 @@ Post-training export (train.posttrain) and bulk classification (classify.pipelin
 images a model is judged on after training and the images it classifies in production go through
 the same code: no train/serve skew by construction.
 
-Core (Ray-free): `prepare_batch` (read, sha256, decode, image statistics, segmentation + resize: a
-read task), `ModelRunner` (prepared rows → probabilities and penultimate features per backbone).
+Core (Ray-free): `read_batch` (read, sha256, decode, image statistics, segmentation + resize: a
+read task), `ModelRunner` (read rows → probabilities and penultimate features per backbone).
 Ray shell: `model_outputs(ds, ...)` puts the read tasks and a pool of model actors behind a dataset.
 Between the two, images travel as raw uint8 bytes (4x smaller than float32); model outputs travel
 as float32 bytes per row (`pack_rows` / `unpack_rows`).
@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..config import SegmentConfig
+from ..constants import MAX_PIXELS
 from ..errors import ConfigError, DecodeError, InputError, StorageError
 from ..imaging.model_input import preprocess
 from ..io import storage
@@ -32,17 +33,17 @@ from . import field_stats
 SKIP = "skip"
 PROBS, FEATURES = "_probs_", "_features_"   # model-output columns: PROBS + backbone, FEATURES + backbone
 # Columns a read task adds; every other input column passes through unchanged (e.g. a label, a path).
-PREPARED_COLUMNS = ("uri", "sha256", "bytes", "status", "error", "mask_fraction", "image_stats", "image")
+READ_COLUMNS = ("uri", "sha256", "bytes", "status", "error", "mask_fraction", "image_stats", "image")
 
 
 # ---------------------------------------------------------------- reading and preparing (read tasks)
 
 @dataclass(frozen=True)
-class PrepSpec:
+class ReadSpec:
     """How the read tasks turn an input's bytes into model input (the model's own preprocessing)."""
     image_size: int
     segment: SegmentConfig | None = SegmentConfig()   # None: the models were trained unsegmented
-    max_pixels: int = 50_000_000
+    max_pixels: int = MAX_PIXELS
     image_stats: bool = True      # compute imagestats.features (False: the models have no image statistics)
 
 
@@ -70,8 +71,8 @@ def read_input(uri: str) -> bytes:
         raise InputError(f"can't be read: {storage.first_line(exc)}") from None
 
 
-def prepare_one(spec: PrepSpec, uri: str, size: int | None, done_sha256: str | None) -> dict:
-    """One prepared row (see PREPARED_COLUMNS); `image` is the raw HxWx3 uint8 bytes, b'' unless ok;
+def read_one(spec: ReadSpec, uri: str, size: int | None, done_sha256: str | None) -> dict:
+    """One read row (see READ_COLUMNS); `image` is the raw HxWx3 uint8 bytes, b'' unless ok;
     `image_stats` the original field's imagestats.features as float32 bytes (None unless ok)."""
     row = {"uri": uri, "sha256": None, "bytes": size, "status": schema.OK, "error": None,
            "mask_fraction": None, "image_stats": None, "image": b""}
@@ -97,12 +98,12 @@ _PREPARED_TYPES = {"uri": pa.string(), "sha256": pa.string(), "bytes": pa.int64(
                    "image": pa.binary()}
 
 
-def prepare_batch(batch: pa.Table, spec: PrepSpec) -> pa.Table:
-    """The read task: rows (uri[, bytes, done_sha256, ...]) → prepared rows; never raises for one bad
+def read_batch(batch: pa.Table, spec: ReadSpec) -> pa.Table:
+    """The read task: rows (uri[, bytes, done_sha256, ...]) → read rows; never raises for one bad
     file. Input columns other than those three pass through (training's export carries `path`, `label`)."""
     n = batch.num_rows
     col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
-    rows = [prepare_one(spec, u, s, d) for u, s, d in zip(col("uri"), col("bytes"), col("done_sha256"))]
+    rows = [read_one(spec, u, s, d) for u, s, d in zip(col("uri"), col("bytes"), col("done_sha256"))]
     out = pa.table({c: pa.array([r[c] for r in rows], t) for c, t in _PREPARED_TYPES.items()})
     for name in batch.column_names:
         if name not in out.column_names and name != "done_sha256":
@@ -157,7 +158,7 @@ def as_array(values, type_: pa.DataType, n: int) -> pa.Array:
 # ---------------------------------------------------------------- the models (model actors)
 
 class ModelRunner:
-    """Prepared rows → the same rows without images, plus every backbone's probabilities and
+    """Read rows → the same rows without images, plus every backbone's probabilities and
     penultimate features (float32 bytes per ok row, PROBS / FEATURES + backbone). Error and skip
     rows pass through with nulls."""
 
@@ -193,7 +194,7 @@ class _ModelActor:
 
 @dataclass(frozen=True)
 class ActorLayout:
-    """How many model actors, on which device, with what resources each (see runtime.actor_layout)."""
+    """How many model actors, on which device, with what resources each (see actor_layout)."""
     actors: int
     device: str                 # "cuda" or "cpu"
     resources: dict             # num_gpus / num_cpus per actor
@@ -217,13 +218,13 @@ def actor_layout(gpus: int | None, cpu_workers: int | None) -> ActorLayout:
     return ActorLayout(actors, "cpu", {"num_cpus": per_actor}, max(1, int(per_actor)))
 
 
-def model_outputs(ds, spec: PrepSpec, model_dirs: dict[str, str], layout: ActorLayout,
+def model_outputs(ds, spec: ReadSpec, model_dirs: dict[str, str], layout: ActorLayout,
                   batch_size: int, read_cpus: float = 0.5, read_tasks: int | None = None):
     """Rows (uri[, bytes, done_sha256, passthrough...]) → read tasks → model actors, lazily."""
     import ray.data
 
     read_compute = ray.data.TaskPoolStrategy(size=read_tasks) if read_tasks else None
-    ds = ds.map_batches(prepare_batch, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None,
+    ds = ds.map_batches(read_batch, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=None,
                         num_cpus=read_cpus, compute=read_compute)
     return ds.map_batches(
         _ModelActor, fn_constructor_kwargs={"model_dirs": model_dirs, "device": layout.device,

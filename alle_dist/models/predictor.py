@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .files import load_model
+from . import preprocessing
+from .persistence import load_model
 
 
 def to_model_input(images: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -35,10 +36,11 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         self.model = model.to(self.device).eval()
         self.classes: list[str] = list(self.meta["classes"])
-        self.image_size: int = int(self.meta["image_size"])
+        prep = preprocessing.read(self.meta)
+        self.image_size: int = prep.image_size
         self.backbone: str = self.meta["architecture"]
-        self._mean = torch.tensor(self.meta["mean"], dtype=torch.float32, device=self.device)
-        self._std = torch.tensor(self.meta["std"], dtype=torch.float32, device=self.device)
+        self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:

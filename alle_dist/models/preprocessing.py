@@ -1,13 +1,16 @@
-"""What a model expects as input, recorded in its meta.json and read back: one owner for both.
+"""What a model expects as input, recorded once in its meta.json and read back: one owner for both.
 
-Training records it (`record`) when it writes a model; post-training export, bulk classification
-and the benchmarks read it (`read`) instead of re-deriving it from the training config.
+Training builds one `Preprocessing` per backbone and records it (`record`) in the meta every checkpoint
+and the published model carry; post-training export, bulk classification, Grad-CAM, the report and the
+benchmarks read it (`read`) instead of re-deriving it from the training config.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 from ..config import SegmentConfig
+from ..errors import ModelIntegrityError
+from ..rundir import ModelDir
 
 KEY = "preprocessing"
 
@@ -26,21 +29,25 @@ class Preprocessing:
 
 
 def record(meta: dict, prep: Preprocessing) -> dict:
-    """meta with the preprocessing written in (image_size / mean / std also at the top level, where
-    the model loader reads them)."""
+    """meta with the preprocessing written in, under one key (nothing else in meta.json repeats it)."""
     doc = {"image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std),
            "segment": asdict(prep.segment) if prep.segment is not None else None}
-    return {**meta, KEY: doc, "image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std)}
+    return {**meta, KEY: doc}
 
 
 def read(meta: dict) -> Preprocessing:
-    """The model's preprocessing from its meta.json (models from before this key: from their config)."""
+    """The model's preprocessing from its meta.json. Models written before it was recorded once keep
+    working: their top-level image_size / mean / std and their config's segment section are read
+    instead. Neither: ModelIntegrityError (one line)."""
     doc = meta.get(KEY)
-    if doc is None:
-        doc = _legacy(meta)
-    seg = doc.get("segment")
-    return Preprocessing(doc["image_size"], doc["mean"], doc["std"],
-                         SegmentConfig(**seg) if isinstance(seg, dict) else None)
+    try:
+        doc = _legacy(meta) if doc is None else doc
+        seg = doc.get("segment")
+        return Preprocessing(doc["image_size"], doc["mean"], doc["std"],
+                             SegmentConfig(**seg) if isinstance(seg, dict) else None)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelIntegrityError(f"{ModelDir.META} of {meta.get('architecture', 'a model')}: no usable preprocessing "
+                                  f"record ({type(exc).__name__}: {exc}); retrain the model or restore the file") from None
 
 
 def _legacy(meta: dict) -> dict:

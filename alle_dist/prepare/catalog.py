@@ -33,7 +33,7 @@ def list_labelled(src: str) -> list[tuple[str, str]]:
     Raises StorageError for a missing / unreachable / empty source and UsageError for one class; warns
     about class folders that hold no image.
     """
-    files = [rel for rel, _ in storage.list_files(src, schema.IMAGE_SUFFIXES)]
+    files = storage.list_images(src)
     tops = {rel.split("/")[0] for rel in files if "/" in rel}
     prefix = ""
     if ORIGINAL_DIR in tops and tops <= {ORIGINAL_DIR, SEGMENTED_DIR}:

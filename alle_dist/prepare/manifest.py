@@ -27,7 +27,7 @@ def read_manifest(run: RunDir | str) -> tuple[pa.Table, str, list[str]]:
         raise StorageError(f"{run.manifest}: no manifest; run `alle-dist prepare --data SRC --run-dir {run.root}` first")
     table = storage.read_parquet(run.manifest)
     meta = table.schema.metadata or {}
-    if meta.get(schema.META_MANIFEST_ID, b"").decode() != manifest_id(table):
+    if meta.get(schema.META_MANIFEST_ID, b"").decode() != manifest_id(table):   # recorded_id_of, unchecked yet
         raise StaleArtifactError(f"{run.manifest}: its contents don't match its recorded identity (edited after "
                                  "`alle-dist prepare`, or written by an older alle_dist); prepare a new --run-dir")
     source = meta[schema.META_SOURCE].decode()
@@ -86,5 +86,9 @@ def manifest_id(table: pa.Table) -> str:
 
 def recorded_id(run: RunDir) -> str:
     """The identity of RUN/manifest.parquet (checked against its contents by read_manifest)."""
-    table, _, _ = read_manifest(run)
+    return recorded_id_of(read_manifest(run)[0])
+
+
+def recorded_id_of(table: pa.Table) -> str:
+    """The identity a manifest table records (read_manifest has checked it against the contents)."""
     return table.schema.metadata[schema.META_MANIFEST_ID].decode()

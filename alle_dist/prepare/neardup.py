@@ -17,11 +17,12 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..constants import NEAR_RADIUS
+
 # Chosen on the shared images (docs/near-duplicates.md): up to 10 bits, 48 of 49 pairs of distinct
 # files are the same field re-captured; at 12 bits 11 of 14 are different fields (8 across classes).
 # A missed re-capture leaks into the test split, a wrong join only moves a file, so the largest
 # radius before that cliff.
-NEAR_RADIUS = 10
 
 HASH_BITS = 64
 _SIGN = 1 << 63

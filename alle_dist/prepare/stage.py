@@ -29,13 +29,11 @@ def build_manifest(src: str, seed: int, cfg: PrepareConfig,
     import ray
 
     from ..progress import iter_rows
-    from ..runtime import cluster_cpus
+    from ..runtime import num_blocks
 
     items = items if items is not None else list_labelled(src)
-    n_tasks = cfg.hash_workers or cluster_cpus()
-    # A few blocks per task so a slow S3 object doesn't hold up the rest.
     ds = ray.data.from_items([{"path": p, "label": c} for p, c in items],
-                             override_num_blocks=max(1, min(len(items), n_tasks * 4)))
+                             override_num_blocks=num_blocks(len(items), cfg.hash_workers))
     out = iter_rows(ds.map_batches(check_batch, fn_kwargs={"source": src}, batch_size=64),
                     "prepare: reading + hashing", len(items))
     return manifest_table(out, src, seed, cfg)
@@ -89,18 +87,18 @@ def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    cfg = config.job_config(args.config, prepare=config.overrides(args, PrepareConfig))
+    job_cfg = config.job_config(args.config, prepare=config.overrides(args, PrepareConfig))
     src = storage.absolute(args.data)   # the manifest records where the images are, for every later stage
     items = list_labelled(src)  # before Ray starts: a bad source fails in a second
     init_ray(args.num_cpus)
-    table = build_manifest(src, cfg.prepare.seed, cfg.prepare, items)
+    table = build_manifest(src, job_cfg.prepare.seed, job_cfg.prepare, items)
     run = RunDir(args.run_dir)
     if guard_existing(run, table):
         print(summary(table))
         print(f"manifest: {run.manifest} (unchanged: the same files, labels and split; nothing to do)")
         return 0
     storage.write_parquet(table, run.manifest)
-    config.save_resolved(run.config("prepare"), cfg, data=args.data, run_dir=args.run_dir)
+    config.save_resolved(run.config("prepare"), job_cfg, data=args.data, run_dir=args.run_dir)
     print(summary(table))
     print(f"manifest: {run.manifest}")
     return 0

@@ -1,2 +1,2 @@
-"""Referral: when an image goes to a haematologist instead of getting a label (rule: the unfamiliar-
-image signals and their fitted thresholds)."""
+"""Referral: when an image goes to a haematologist instead of getting a label (`signals`: the vocabulary
+table and the unfamiliar-image rule's thresholds; `bounds`: their finite-sample guarantees)."""

@@ -269,7 +269,7 @@ def aurc(confidence, correct) -> float:
     """Area under the selective risk-coverage curve on the same points as `augrc` (fd-shifts'
     linear AURC): selective risk = errors / accepted per distinct confidence, held flat from the
     most confident group to coverage 0; trapezoidal area. Without ties it differs from
-    evaluate.coverage_risk's mean-over-ranks AURC by (first risk - last risk) / 2n."""
+    evaluate.metrics.coverage_risk's mean-over-ranks AURC by (first risk - last risk) / 2n."""
     cov, gr, m = _rc_points(confidence, correct)
     risk = gr[1:] * m[-1] / m[1:]                    # errors / accepted; m[-1] is n
     return _trapezoid(cov, np.r_[risk[0], risk])

@@ -76,14 +76,13 @@ def segment_dataset(src: str, dst: str, cfg: SegmentConfig, tasks: int | None = 
     import ray
 
     from ..progress import iter_rows
-    from ..runtime import cluster_cpus
+    from ..runtime import num_blocks
 
-    files = [rel for rel, _ in storage.list_files(src, IMAGE_SUFFIXES)]
+    files = storage.list_images(src)
     if not files:
         raise StorageError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES)}) found; "
                                    "point --data at a folder or s3:// prefix of images")
-    n_blocks = max(1, min(len(files), (tasks or cluster_cpus()) * 4))
-    ds = ray.data.from_items([{"path": rel} for rel in files], override_num_blocks=n_blocks)
+    ds = ray.data.from_items([{"path": rel} for rel in files], override_num_blocks=num_blocks(len(files), tasks))
     ds = ds.map_batches(segment_batch, fn_kwargs={"src": src, "dst": dst, "cfg": cfg}, batch_size=32,
                         compute=ray.data.TaskPoolStrategy(size=tasks) if tasks else None)
     rows = sorted(iter_rows(ds, "segment", len(files), batch_size=32), key=lambda r: r["path"])
@@ -95,11 +94,11 @@ def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    cfg = config.job_config(args.config, segment=config.overrides(args, SegmentConfig))
+    job_cfg = config.job_config(args.config, segment=config.overrides(args, SegmentConfig))
     init_ray(args.num_cpus)
-    report = segment_dataset(args.data, args.output, cfg.segment, args.tasks)
+    report = segment_dataset(args.data, args.output, job_cfg.segment, args.tasks)
     storage.write_parquet(report, storage.join(args.output, REPORT_FILE))
-    config.save_resolved(storage.join(args.output, "segment_config.yaml"), cfg, data=args.data, output=args.output)
+    config.save_resolved(storage.join(args.output, "segment_config.yaml"), job_cfg, data=args.data, output=args.output)
     errors = report.filter(pc.equal(report.column("status"), ERROR)).to_pylist()
     for r in errors[:20]:
         print(f"error: {r['path']}: {r['error']}")

@@ -1,3 +1,3 @@
 """Stage `train`: oversampling (`balance`), augmentation and the image stream (`augment`), the Ray Train
-worker (`loop`), the driver (`job`), the outputs after training (`posttrain`), and `--tune-training`
-(`hyperparams`)."""
+worker (`loop`), the driver (`stage`), a line per epoch (`epoch_log`), the outputs after training
+(`posttrain`) and the shortcut control's outputs (`control`)."""

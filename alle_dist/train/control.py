@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import schema
-from ..models import files as model_files
+from ..models import persistence
 from ..models.predictor import Predictor
 from ..rundir import ModelDir
 from . import augment
@@ -42,8 +42,8 @@ def export_control(out: ModelDir, splits: dict[str, pa.Table], source: str, clas
                    image_size: int, kind: str) -> dict:
     """val / test probabilities of the control model in `out`; returns its meta."""
     predictor = Predictor(out.root)
-    # No referral statistics: an empty file, so train.job.is_finished sees a finished model (no retrain).
-    meta = model_files.save_ood(out.root, {})
+    # No referral statistics: an empty file, so train.stage.is_finished sees a finished model (no retrain).
+    meta = persistence.save_ood(out.root, {})
     for split in (schema.VAL, schema.TEST):    # test last: its file marks a finished model
         write_probs(out, split, predict_split(predictor, splits[split], source, classes, seg, image_size, kind))
     return meta

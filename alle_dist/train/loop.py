@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..io import storage
-from ..models import files as model_files
+from ..models import persistence
 from ..models import registry
 from ..models.predictor import to_model_input
+from ..models.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,7 @@ class LoopConfig:
     """What a Train worker needs: the recipe, the input geometry and the meta to checkpoint."""
     backbone: str
     classes: tuple[str, ...]
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    prep: Preprocessing                  # input size and normalisation (the read tasks segment and resize)
     pretrained: str
     lr: float
     epochs: int
@@ -90,7 +89,7 @@ def evaluate(model, batches, image_size: int, mean, std, amp: bool) -> tuple[flo
 def replica_digest(model: torch.nn.Module) -> str:
     """sha256 of the parameters: equal on every DDP rank when gradients are synchronised."""
     h = hashlib.sha256()
-    for name, p in model_files.unwrap(model).named_parameters():
+    for name, p in persistence.unwrap(model).named_parameters():
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -119,7 +118,7 @@ def _all_digests(model) -> list[str]:
     return out
 
 
-def _setup(cfg: LoopConfig, device):
+def _setup(loop_cfg: LoopConfig, device):
     """Model (restored from the Train checkpoint if there is one), optimizer, history, resume point."""
     import ray.train
     import ray.train.torch
@@ -128,19 +127,19 @@ def _setup(cfg: LoopConfig, device):
     restored = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            restored = model_files.read_checkpoint(d)
-    model = registry.create(cfg.backbone, len(cfg.classes), "none" if restored else cfg.pretrained)
+            restored = persistence.read_checkpoint(d)
+    model = registry.create(loop_cfg.backbone, len(loop_cfg.classes), "none" if restored else loop_cfg.pretrained)
     if restored:
         model.load_state_dict(restored[0])
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    if cfg.compile and device.type == "cuda":
+    if loop_cfg.compile and device.type == "cuda":
         model = torch.compile(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=loop_cfg.lr)
     meta = restored[2] if restored else {}
     if restored:
-        model_files.restore_optimizer(opt, restored[1], meta["optimizer"]["param_groups"])
+        persistence.restore_optimizer(opt, restored[1], meta["optimizer"]["param_groups"])
     return model, opt, list(meta.get("epochs", [])), list(meta.get("resumed_at", []))
 
 
@@ -153,7 +152,7 @@ def _maybe_fail(hooks: TestHooks, epoch: int, last_rank: bool) -> None:
     raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
 
 
-def train_loop(cfg: LoopConfig) -> None:
+def train_loop(loop_cfg: LoopConfig) -> None:
     """Ray Train worker: the paper's recipe (Adam, CE) with per-epoch validation and checkpoints."""
     import ray.train
     import ray.train.torch
@@ -163,40 +162,40 @@ def train_loop(cfg: LoopConfig) -> None:
     device = ray.train.torch.get_device()
     amp = device.type == "cuda"
     torch.backends.cudnn.benchmark = amp  # fixed input size: cuDNN picks its fastest algorithms once
-    model, opt, history, resumed_at = _setup(cfg, device)
+    model, opt, history, resumed_at = _setup(loop_cfg, device)
     start = history[-1]["epoch"] + 1 if history else 1
-    if history and start <= cfg.epochs:
+    if history and start <= loop_cfg.epochs:
         resumed_at.append(start)
-    mean = torch.tensor(cfg.mean, device=device)
-    std = torch.tensor(cfg.std, device=device)
+    mean = torch.tensor(loop_cfg.prep.mean, device=device)
+    std = torch.tensor(loop_cfg.prep.std, device=device)
     shards = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    for epoch in range(start, cfg.epochs + 1):
-        _maybe_fail(cfg.hooks, epoch, rank == world - 1)
-        torch.manual_seed(cfg.seed * 1000 + epoch * 10 + rank)  # dropout etc.: reproducible per epoch
-        entry = _epoch(cfg, model, opt, shards, epoch, device, mean, std, amp)
+    for epoch in range(start, loop_cfg.epochs + 1):
+        _maybe_fail(loop_cfg.hooks, epoch, rank == world - 1)
+        torch.manual_seed(loop_cfg.seed * 1000 + epoch * 10 + rank)  # dropout etc.: reproducible per epoch
+        entry = _epoch(loop_cfg, model, opt, shards, epoch, device, mean, std, amp)
         entry["world_size"], entry["replica_digests"] = world, _all_digests(model)
         history.append(entry)
-        _report(cfg, entry, rank, model, opt, history, resumed_at)
-        time.sleep(cfg.hooks.pause_s)
+        _report(loop_cfg, entry, rank, model, opt, history, resumed_at)
+        time.sleep(loop_cfg.hooks.pause_s)
 
 
-def _epoch(cfg: LoopConfig, model, opt, shards, epoch: int, device, mean, std, amp: bool) -> dict:
+def _epoch(loop_cfg: LoopConfig, model, opt, shards, epoch: int, device, mean, std, amp: bool) -> dict:
     """Train one epoch and validate; the history entry (summed over ranks)."""
     t0 = time.perf_counter()
-    bs = cfg.batch_size
+    bs = loop_cfg.batch_size
     batches = shards[0].iter_torch_batches(batch_size=bs, device=device, local_shuffle_buffer_size=4 * bs,
-                                           local_shuffle_seed=cfg.seed + epoch)
-    tl, tn = train_epoch(model, opt, batches, cfg.image_size, mean, std, amp)
+                                           local_shuffle_seed=loop_cfg.seed + epoch)
+    tl, tn = train_epoch(model, opt, batches, loop_cfg.prep.image_size, mean, std, amp)
     train_s = time.perf_counter() - t0
-    vl, vc, vn = evaluate(model_files.unwrap(model), shards[1].iter_torch_batches(batch_size=bs, device=device),
-                          cfg.image_size, mean, std, amp)
+    vl, vc, vn = evaluate(persistence.unwrap(model), shards[1].iter_torch_batches(batch_size=bs, device=device),
+                          loop_cfg.prep.image_size, mean, std, amp)
     tl, tn, vl, vc, vn = _all_sum([tl, tn, vl, vc, vn], device)
     return {"epoch": epoch, "train_loss": tl / max(tn, 1), "val_loss": vl / max(vn, 1),
             "val_acc": vc / max(vn, 1), "train_images": int(tn), "val_images": int(vn),
             "train_images_per_s": tn / max(train_s, 1e-9), "seconds": time.perf_counter() - t0}
 
 
-def _report(cfg: LoopConfig, entry: dict, rank: int, model, opt, history, resumed_at) -> None:
+def _report(loop_cfg: LoopConfig, entry: dict, rank: int, model, opt, history, resumed_at) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (model + optimizer + history)."""
     import ray.train
 
@@ -206,5 +205,5 @@ def _report(cfg: LoopConfig, entry: dict, rank: int, model, opt, history, resume
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        model_files.write_checkpoint(d, model, opt, {**cfg.meta, "epochs": history, "resumed_at": resumed_at})
+        persistence.write_checkpoint(d, model, opt, {**loop_cfg.meta, "epochs": history, "resumed_at": resumed_at})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -5,7 +5,7 @@ Runs the best model over the un-augmented train / val / test splits through the 
 statistics on the train split (network features: models.feature_distance; image statistics of the
 original fields: models.field_stats) into `ood.safetensors`, and writes `val_probs.parquet` and
 `test_probs.parquet` (schema.probs_schema). The test file is written last: its presence marks a
-finished backbone (train.job.is_finished).
+finished backbone (train.stage.is_finished).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..io import storage
-from ..models import feature_distance, field_stats, inference, lineage, preprocessing
-from ..models import files as model_files
+from ..models import feature_distance, field_stats, inference, preprocessing, provenance
+from ..models import persistence
 from ..rundir import ModelDir
 
 
@@ -51,8 +51,8 @@ def split_outputs(out: ModelDir, splits: dict[str, pa.Table], source: str, class
     from ..errors import ModelIntegrityError
     from ..runtime import cluster_cpus, cluster_gpus
 
-    prep = preprocessing.read(model_files.read_meta(out.root))
-    spec = inference.PrepSpec(image_size=prep.image_size, segment=prep.segment, image_stats=True)
+    prep = preprocessing.read(persistence.read_meta(out.root))
+    spec = inference.ReadSpec(image_size=prep.image_size, segment=prep.segment, image_stats=True)
     rows = _inference_rows(splits, source, classes)
     # Inference is cheap next to training: one GPU actor, or at most two CPU actors.
     layout = inference.actor_layout(min(cluster_gpus(), 1), max(1, min(2, cluster_cpus() // 2)))
@@ -77,7 +77,7 @@ def export_splits(out: ModelDir, splits: dict[str, pa.Table], source: str, class
     train_labels = np.asarray(by[schema.TRAIN].column("label").to_pylist())
     stats = feature_distance.fit(feats[schema.TRAIN], train_labels, len(classes))
     stats.update(field_stats.fit(image[schema.TRAIN]))   # one file: both are fitted on the training split
-    meta = model_files.save_ood(out.root, stats)
+    meta = persistence.save_ood(out.root, stats)
     for split in (schema.VAL, schema.TEST):  # test last: its file marks a finished backbone
         none = np.zeros((0,), np.float32)
         has = split in feats
@@ -89,5 +89,5 @@ def export_splits(out: ModelDir, splits: dict[str, pa.Table], source: str, class
 
 
 def write_probs(out: ModelDir, split: str, table: pa.Table) -> None:
-    """A split's probabilities, bound to the model that made them (models.lineage.check_outputs)."""
-    storage.write_parquet(table.replace_schema_metadata(lineage.outputs_metadata(out)), out.probs(split))
+    """A split's probabilities, bound to the model that made them (models.provenance.check_outputs)."""
+    storage.write_parquet(table.replace_schema_metadata(provenance.outputs_metadata(out)), out.probs(split))

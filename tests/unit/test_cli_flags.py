@@ -150,3 +150,10 @@ def test_each_missing_artifact_names_the_stage_that_makes_it(tmp_path, capsys):
     assert main(["evaluate", "--run-dir", run.root]) == 2
     assert f"no ensemble.json in {run.root}: run `alle-dist tune --run-dir {run.root}` first" in \
         capsys.readouterr().err
+
+
+def test_train_sets_the_hsv_thresholds_its_models_record():
+    args = get_args_parser().parse_args(["train", "--run-dir", "r", "--hsv-lower", "110,20,30"])
+    job_cfg = config.job_config(None, train=config.overrides(args, config.TrainConfig),
+                                segment=config.overrides(args, config.SegmentConfig))
+    assert job_cfg.segment.hsv_lower == (110, 20, 30) and job_cfg.segment.hsv_upper == config.SegmentConfig().hsv_upper

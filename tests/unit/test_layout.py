@@ -8,8 +8,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "alle_dist"
 # Lower first: the foundation, the shared pieces, then the stages in the order data moves.
-LAYERS = [("errors", "schema"), ("io",), ("config",), ("rundir", "runtime", "progress"), ("imaging",), ("models",),
-          ("referral", "testing"), ("prepare",), ("segment",), ("train",), ("ensemble",), ("evaluate",),
+LAYERS = [("errors", "schema", "constants"), ("io",), ("config",), ("rundir", "runtime", "progress"), ("imaging",), ("models",),
+          ("referral", "testing"), ("prepare",), ("segment",), ("train",), ("ensemble",), ("tune",), ("evaluate",),
           ("classify",), ("flags",), ("cli",), ("demo",)]
 # The Hugging Face Hub names its weights file like ours: the registry asks the Hub for that file.
 HUB_NAMES = {"model.safetensors": ("models/registry.py",)}
@@ -77,3 +77,22 @@ def test_exception_classes_live_in_errors():
     owners = sorted(p.relative_to(PKG).as_posix() for p, _ in _modules()
                     if re.search(r"^class \w+\((\w+\.)?(\w*Error|Exception|\w*Incomplete)\b", p.read_text(), re.M))
     assert owners == ["errors.py"], owners
+
+
+def test_every_stage_starts_at_its_stage_module():
+    from alle_dist.cli import STAGES
+
+    for name, (_, module) in STAGES.items():
+        if name == "demo":       # every stage in a row, not a stage of its own
+            continue
+        pkg = module.split(".")[1]
+        assert module == f"alle_dist.{pkg}.stage", f"{name}: its entry is {module}; put it at alle_dist/{pkg}/stage.py"
+        body = ast.parse((PKG / pkg / "stage.py").read_text()).body
+        assert "main" in {n.name for n in body if isinstance(n, ast.FunctionDef)}, f"{pkg}/stage.py has no main(args)"
+
+
+def test_meta_json_is_read_only_through_the_checked_reader():
+    # models.persistence.read_meta checks meta.json's own hash; a plain JSON read would trust an edited file.
+    plain = re.compile(r"read_(?:json|bytes)\([^)]*(?:\.meta\b|META)")
+    readers = sorted(p.relative_to(PKG).as_posix() for p, _ in _modules() if plain.search(p.read_text()))
+    assert readers in ([], ["models/persistence.py"]), f"read meta.json with models.persistence.read_meta: {readers}"

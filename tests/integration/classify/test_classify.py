@@ -16,18 +16,18 @@ from alle_dist import errors
 from alle_dist import schema
 from alle_dist.rundir import RunDir
 from alle_dist.classify import pipeline as cls_pipeline
-from alle_dist.classify import plan as cls_plan
+from alle_dist.classify import resolve
 from alle_dist.classify import run as cls_run
-from alle_dist.classify import todo as cls_todo
+from alle_dist.classify import planning
 from alle_dist.classify.listing import list_inputs
 from alle_dist.classify.store import ResultStore
 from alle_dist.config import ClassifyConfig, JobConfig
-from alle_dist.ensemble import rule as ens_rule
+from alle_dist.ensemble import weighted
 from alle_dist.errors import ConfigError
 from alle_dist.io import storage
 from alle_dist.io.images import decode_rgb
 from alle_dist.models import field_stats
-from alle_dist.models import files as model_files
+from alle_dist.models import persistence
 from alle_dist.models import inference
 from alle_dist.models.predictor import Predictor
 
@@ -57,7 +57,7 @@ def _uri(root, rel) -> str:
 
 
 def classify(run_dir, src, dst, job=SMALL):
-    job_ = cls_run.prepare(run_dir, str(src), str(dst), job)
+    job_ = cls_run.setup(run_dir, str(src), str(dst), job)
     return job_, cls_run.execute(job_)
 
 
@@ -67,10 +67,10 @@ def test_classifier_rows_are_the_ensemble_of_both_predictors(run_dir, tmp_path):
     rels = write_images(tmp_path, 6)
     bad = write_bad_inputs(tmp_path)
     listed = pa.concat_tables(list(list_inputs(str(tmp_path))))
-    todo = cls_todo.plan_chunk(listed, cls_todo.empty_index(False), False).todo
-    models = cls_plan.resolve_models(run_dir)
-    prep = cls_plan.prep_spec(models, JobConfig())
-    batch = inference.prepare_batch(todo, prep)
+    todo = planning.plan_chunk(listed, planning.empty_index(False), False).todo
+    models = resolve.resolve_models(run_dir)
+    prep = resolve.read_spec(models, JobConfig())
+    batch = inference.read_batch(todo, prep)
     out = cls_pipeline.Classifier(models, "run-x")(batch)
 
     assert out.schema == schema.classify_schema(list(CLASSES), list(models.spec.backbones))
@@ -81,17 +81,17 @@ def test_classifier_rows_are_the_ensemble_of_both_predictors(run_dir, tmp_path):
             rel = str(tmp_path / rel)
             assert rows[rel]["status"] == schema.ERROR and rows[rel]["label"] is None
             assert rows[rel]["p_Benign"] is None and rows[rel]["run_id"] == "run-x"
-    # The ok rows equal Predictor + ood + ens_rule.apply run by hand on the same images.
+    # The ok rows equal Predictor + ood + weighted.apply run by hand on the same images.
     ok = [r for r in out.to_pylist() if r["status"] == schema.OK]
     images = inference.images_of(batch, prep.image_size)
     probs = {b: Predictor(RunDir(run_dir).model(b).root)(images)["probs"] for b in models.spec.backbones}
     mf = np.array([r["mask_fraction"] for r in ok])
     # image_score: imagestats of the original file, scored with the first backbone's statistics
-    stats = model_files.load_ood(RunDir(run_dir).model(models.spec.backbones[0]).root)
+    stats = persistence.load_ood(RunDir(run_dir).model(models.spec.backbones[0]).root)
     originals = [decode_rgb(open(r["path"], "rb").read()) for r in ok]
     want = field_stats.score(np.stack([field_stats.features(x, prep.segment) for x in originals]), stats)
     np.testing.assert_allclose([r["image_score"] for r in ok], want, rtol=1e-5)
-    d = ens_rule.apply(models.spec, probs, None, mf, want)
+    d = weighted.apply(models.spec, probs, None, mf, want)
     np.testing.assert_allclose([r["p_Pre"] for r in ok], d.probs[:, CLASSES.index("Pre")], atol=1e-6)
     assert [r["label"] for r in ok] == [CLASSES[i] if i >= 0 else schema.REFER for i in d.label]
     assert [r["predicted_class"] for r in ok] == [CLASSES[i] for i in np.argmax(d.probs, axis=1)]
@@ -104,13 +104,13 @@ def test_classifier_rows_are_the_ensemble_of_both_predictors(run_dir, tmp_path):
 def test_a_tampered_model_is_refused_before_any_work(run_dir, tmp_path):
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
-    weights = bad_run / "models" / "test_resnet" / model_files.WEIGHTS_FILE
+    weights = bad_run / "models" / "test_resnet" / persistence.WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     write_images(tmp_path / "src", 2)
     with pytest.raises(errors.ModelIntegrityError, match="sha256"):
-        cls_run.prepare(str(bad_run), str(tmp_path / "src"), str(tmp_path / "dst"), SMALL)
+        cls_run.setup(str(bad_run), str(tmp_path / "src"), str(tmp_path / "dst"), SMALL)
     assert not (tmp_path / "dst" / "_delta_log").exists()
 
 
@@ -121,7 +121,7 @@ def test_bad_input_reruns_and_changed_bytes_give_one_row_per_uri(ray_local, run_
     src, dst = tmp_path / "src", tmp_path / "dst"
     good = write_images(src, 20)
     bad = write_bad_inputs(src)
-    job = cls_run.prepare(run_dir, str(src), str(dst), SMALL)
+    job = cls_run.setup(run_dir, str(src), str(dst), SMALL)
     (src / good[0]).unlink()                                   # vanishes between listing and reading
     assert cls_run.execute(job) == []
     rows = {r["uri"]: r for r in current(dst).to_pylist()}
@@ -155,7 +155,7 @@ def test_bad_input_reruns_and_changed_bytes_give_one_row_per_uri(ray_local, run_
     # Another model into the same table is refused before any work.
     other_run = make_run_dir(tmp_path / "other", backbones=("test_resnet",), seed=3)
     with pytest.raises(ConfigError, match="another model"):
-        cls_run.prepare(str(other_run), str(src), str(dst), SMALL)
+        cls_run.setup(str(other_run), str(src), str(dst), SMALL)
 
 
 def _busiest_worker_node(nodes):
@@ -188,7 +188,7 @@ def test_a_node_killed_mid_job_still_gives_every_input_exactly_once(run_dir, tmp
         ray.init(address=cluster.address, log_to_driver=False)
         configure_data_context()
         cfg = JobConfig(classify=ClassifyConfig(batch_size=8, commit_rows=16, cpu_workers=2))
-        job = cls_run.prepare(run_dir, str(src), str(dst), cfg)
+        job = cls_run.setup(run_dir, str(src), str(dst), cfg)
 
         def kill_when_half_published():
             deadline = time.time() + 300

@@ -98,7 +98,7 @@ def test_training_and_bulk_classification_preprocess_identically(tmp_path):
     rgb = draw_smear("Pre", np.random.default_rng(3), size=300)
     (tmp_path / "a.png").write_bytes(encode_png(rgb))
     want, frac = augment.load_image(encode_png(rgb), 64, SegmentConfig())
-    spec = classify_io.PrepSpec(image_size=64, segment=SegmentConfig())
-    row = classify_io.prepare_one(spec, storage.path_to_uri(tmp_path / "a.png"), (tmp_path / "a.png").stat().st_size, None)
+    spec = classify_io.ReadSpec(image_size=64, segment=SegmentConfig())
+    row = classify_io.read_one(spec, storage.path_to_uri(tmp_path / "a.png"), (tmp_path / "a.png").stat().st_size, None)
     assert row["status"] == "ok" and abs(row["mask_fraction"] - frac) < 1e-9
     assert np.frombuffer(row["image"], np.uint8).reshape(64, 64, 3).tobytes() == want.tobytes()

@@ -13,10 +13,10 @@ from alle_dist.imaging import hsv
 from alle_dist.imaging.model_input import control_input
 from alle_dist.io import storage
 from alle_dist.io.images import decode_rgb
-from alle_dist.models import files as model_files
+from alle_dist.models import persistence
 from alle_dist.rundir import RunDir
 from alle_dist.testing import synthetic
-from alle_dist.train import job as train_job
+from alle_dist.train import stage as train_job
 
 from test_train import make_run
 
@@ -44,7 +44,7 @@ def test_control_kind_is_checked():
 @pytest.mark.ray
 @pytest.mark.slow
 def test_control_trains_into_its_own_folder_and_evaluate_reads_it(tmp_path, ray_local):
-    from alle_dist.ensemble import probs as probs_mod
+    from alle_dist.ensemble import split_probs
     from alle_dist.evaluate import stage as eval_stage
 
     src = synthetic.generate(str(tmp_path / "smears"), n_per_class=10, seed=0, size=64)
@@ -59,10 +59,10 @@ def test_control_trains_into_its_own_folder_and_evaluate_reads_it(tmp_path, ray_
     row = test.iloc[0]
     _, removed = control_input(decode_rgb(storage.read_bytes(storage.join(src, row["path"]))), 32, SegmentConfig())
     assert row["mask_fraction"] == pytest.approx(removed, abs=1e-6)         # predicted on the control images
-    assert train_job.train_backbone(run, jcfg) == model_files.read_meta(out.root)   # finished: not retrained
+    assert train_job.train_backbone(run, jcfg) == persistence.read_meta(out.root)   # finished: not retrained
     name = out.root.rsplit("/", 1)[-1]
     assert name in RunDir(run).trained_models()
-    data = probs_mod.load_probs(run, [name], schema.TEST)
+    data = split_probs.load_probs(run, [name], schema.TEST)
     c = eval_stage._control(run, name, {"test_resnet": {"overall": {"accuracy": 0.9}}})
     assert c["backbone"] == "test_resnet" and c["real_accuracy"] == 0.9 and len(data.y) == len(test)
     assert c["accuracy"] == pytest.approx(np.mean(data.probs[name].argmax(1) == data.y))

@@ -24,12 +24,12 @@ from alle_dist.config import PrepareConfig, SegmentConfig
 from alle_dist.io import storage
 from alle_dist.io.images import decode_rgb
 from alle_dist.models import field_stats
-from alle_dist.models import files as model_files
+from alle_dist.models import persistence
 from alle_dist.models import registry
 from alle_dist.prepare import catalog
 from alle_dist.prepare import manifest as prep_manifest
 from alle_dist.train import augment
-from alle_dist.train import job as train_job
+from alle_dist.train import stage as train_job
 from alle_dist.train import loop as train_loop_mod
 
 
@@ -102,20 +102,20 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
     train_loop_mod.train_step(model, opt, x, y, 64, mean, std, False)
     meta = {"architecture": "test_resnet", "classes": list("abcd"), "image_size": 64, "mean": [0.5] * 3,
             "std": [0.5] * 3, "epochs": [{"epoch": 1}]}
-    model_files.write_checkpoint(str(tmp_path), model, opt, meta)
-    state, opt_tensors, got = model_files.read_checkpoint(str(tmp_path))
+    persistence.write_checkpoint(str(tmp_path), model, opt, meta)
+    state, opt_tensors, got = persistence.read_checkpoint(str(tmp_path))
     model2 = registry.create("test_resnet", 4, "none")
     model2.load_state_dict(state)
     opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
-    model_files.restore_optimizer(opt2, opt_tensors, got["optimizer"]["param_groups"])
+    persistence.restore_optimizer(opt2, opt_tensors, got["optimizer"]["param_groups"])
     for m, o in ((model, opt), (model2, opt2)):
         torch.manual_seed(1)
         train_loop_mod.train_step(m, o, x, y, 64, mean, std, False)
     assert train_loop_mod.replica_digest(model) == train_loop_mod.replica_digest(model2)
-    weights = tmp_path / model_files.OPTIMIZER_FILE
+    weights = tmp_path / persistence.OPTIMIZER_FILE
     weights.write_bytes(weights.read_bytes()[:-4] + b"\xff\xff\xff\xff")
     with pytest.raises(errors.ModelIntegrityError, match="sha256"):
-        model_files.read_checkpoint(str(tmp_path))
+        persistence.read_checkpoint(str(tmp_path))
 
 
 # ---------------------------------------------------------------- real Ray Train runs
@@ -169,7 +169,7 @@ def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, 
     for e in meta["epochs"]:
         assert e["world_size"] == 2 and len(set(e["replica_digests"])) == 1   # gradients synchronised
     # The published model is the best checkpoint, bit-exact, and loads back.
-    model, loaded = model_files.load_model(str(out))
+    model, loaded = persistence.load_model(str(out))
     assert loaded["sha256"] == meta["sha256"]
     best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
     assert train_loop_mod.replica_digest(model) == best["replica_digests"][0]
@@ -185,20 +185,20 @@ def test_killed_driver_resumes_survives_a_worker_failure_and_finishes(tmp_path, 
         p = np.stack([probs.column(schema.prob_column(c)).to_numpy() for c in classes], 1)
         np.testing.assert_allclose(p.sum(1), 1, atol=1e-4)
         # The image-statistics distance of each original field, as bulk classification computes it.
-        stats = model_files.load_ood(str(out))
+        stats = persistence.load_ood(str(out))
         first = storage.read_bytes(str(leukemia_dir / expected[0]))
         want = field_stats.score(field_stats.features(decode_rgb(first), SegmentConfig())[None], stats)
         assert probs.column("image_score").to_numpy()[0] == pytest.approx(float(want[0]), rel=1e-5)
-    assert set(model_files.load_ood(str(out))) >= {"means", "precision", "image_means", "image_precision"}
+    assert set(persistence.load_ood(str(out))) >= {"means", "precision", "image_means", "image_precision"}
     # The same command once more: finished, not retrained.
     monkeypatch.delenv(train_job.FAIL_ENV)
     t0 = time.perf_counter()
-    assert train_job.train_backbone(run, job(epochs=3, workers=2)) == model_files.read_meta(str(out))
+    assert train_job.train_backbone(run, job(epochs=3, workers=2)) == persistence.read_meta(str(out))
     assert time.perf_counter() - t0 < 5
     # A damaged latest checkpoint stops a resume with a clear error before any worker starts.
     (out / "test_probs.parquet").unlink()
     ckpts = sorted(p for p in (out / "checkpoints").glob("*/checkpoint_*") if p.is_dir())  # by time stamp
-    w = ckpts[-1] / model_files.WEIGHTS_FILE
+    w = ckpts[-1] / persistence.WEIGHTS_FILE
     data = w.read_bytes()
     w.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(errors.ModelIntegrityError, match="sha256"):

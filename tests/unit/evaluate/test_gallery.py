@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import helpers_report as H
-from alle_dist.ensemble import probs as probs_mod
-from alle_dist.ensemble import rule as ensemble
+from alle_dist.ensemble import split_probs
+from alle_dist.ensemble import weighted
 from alle_dist.evaluate import gallery, page
 from alle_dist.evaluate.metrics import model_outputs
 from alle_dist.io import storage
@@ -23,8 +23,8 @@ N_TEST = 20
 
 
 def _inputs(run):
-    spec = ensemble.load_spec(str(run))
-    data = probs_mod.load_probs(str(run), list(spec.backbones), "test")
+    spec = weighted.load_spec(str(run))
+    data = split_probs.load_probs(str(run), list(spec.backbones), "test")
     return data, model_outputs(data, spec), spec
 
 

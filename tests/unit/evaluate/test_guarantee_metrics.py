@@ -3,8 +3,8 @@ constructed test split, and rendered by the report page with the keys it expects
 import numpy as np
 import pytest
 
-from alle_dist.ensemble import rule as ensemble
-from alle_dist.ensemble.probs import SplitProbs
+from alle_dist.ensemble import weighted
+from alle_dist.ensemble.split_probs import SplitProbs
 from alle_dist.evaluate import metrics as EV
 from alle_dist.evaluate import page
 from alle_dist.referral import bounds
@@ -22,7 +22,7 @@ def case(n: int = 400, odd: int = 8, unsure: int = 20, wrong: int = 10):
     p[bad] = 0.02 + 0.94 * np.eye(4)[(y[bad] + 1) % 4]
     image = np.r_[np.full(odd, 50.0), np.ones(n - odd)]
     data = SplitProbs([f"t{i}" for i in range(n)], y, CLASSES, {"a": p}, {"a": None}, np.full(n, 0.2), image)
-    spec = ensemble.EnsembleSpec(("a",), CLASSES, (1.0,), 0.7, (1.0,), {"image_score": 10.0})
+    spec = weighted.EnsembleSpec(("a",), CLASSES, (1.0,), 0.7, (1.0,), {"image_score": 10.0})
     return data, spec
 
 

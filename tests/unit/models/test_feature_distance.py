@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from alle_dist.ensemble import rule as ens_rule
+from alle_dist.ensemble import weighted
 from alle_dist.imaging.hsv import mask_fraction, segment_image
 from alle_dist.models import feature_distance
-from alle_dist.referral import rule as referral
+from alle_dist.referral import signals
 from alle_dist.testing import unfamiliar
 
 
@@ -85,16 +85,16 @@ def test_referral_of_unfamiliar_real_images(leukemia_dir):
     probs = np.full((56, 4), 0.25)
     probs[np.arange(56), y] = 0.97                                      # a confident "network"
     probs /= probs.sum(1, keepdims=True)
-    rule_fit = referral.fit_referral({"m": probs[val]}, {"m": feature_distance.score(feats[val], stats)}, mf[val], 0.95,
+    rule_fit = signals.fit_referral({"m": probs[val]}, {"m": feature_distance.score(feats[val], stats)}, mf[val], 0.95,
                                      signals=("ood_score", "mask_low"))
-    spec = ens_rule.EnsembleSpec(("m",), ("Benign", "Early", "Pre", "Pro"), (1.0,), 0.5, (), rule_fit)
+    spec = weighted.EnsembleSpec(("m",), ("Benign", "Early", "Pre", "Pro"), (1.0,), 0.5, (), rule_fit)
     kinds = ["stain_hue", "blank_field", "red_cells_only", "unstained"]
     items = unfamiliar.build([imgs[i] for i in np.flatnonzero(test)], seed=0, kinds=kinds)
     x = [it[2] for it in items]
-    d = ens_rule.apply(spec, {"m": np.full((len(x), 4), 0.25) + np.eye(4)[np.arange(len(x)) % 4] * 0.7},
+    d = weighted.apply(spec, {"m": np.full((len(x), 4), 0.25) + np.eye(4)[np.arange(len(x)) % 4] * 0.7},
                        {"m": feature_distance.score(np.stack([_colour_features(i) for i in x]), stats)},
                        np.array([mask_fraction(segment_image(i)[1]) for i in x]))
     assert d.refer.mean() >= 0.9, list(zip([k for k, _, _ in items], d.reason))
     assert all(r in ("unfamiliar", "empty_field", "empty_field+unfamiliar") for r in np.array(d.reason)[d.refer])
-    held_out = ens_rule.apply(spec, {"m": probs[test]}, {"m": feature_distance.score(feats[test], stats)}, mf[test])
+    held_out = weighted.apply(spec, {"m": probs[test]}, {"m": feature_distance.score(feats[test], stats)}, mf[test])
     assert held_out.refer.mean() <= 0.25                                # most in-distribution images are kept

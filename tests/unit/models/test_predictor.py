@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from alle_dist import errors
-from alle_dist.models import files as model_files
+from alle_dist.models import persistence
 from alle_dist.models import registry
 from alle_dist.models.predictor import Predictor
 
@@ -18,7 +18,7 @@ META = {"architecture": "test_resnet", "classes": ["a", "b", "c", "d"], "image_s
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("model")
-    model_files.save_model(str(d), registry.create("test_resnet", 4, "none"), META)
+    persistence.save_model(str(d), registry.create("test_resnet", 4, "none"), META)
     return str(d)
 
 
@@ -37,7 +37,7 @@ def test_outputs_match_the_model_on_normalised_input(model_dir):
     # Reference: normalise by hand on the CPU and call the model's own forward.
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(META["mean"]).view(1, 3, 1, 1)) / torch.tensor(META["std"]).view(1, 3, 1, 1)
-    model, _ = model_files.load_model(model_dir)
+    model, _ = persistence.load_model(model_dir)
     with torch.no_grad():
         np.testing.assert_allclose(out["logits"], model(x).numpy(), rtol=1e-4, atol=1e-5)
 
@@ -66,7 +66,7 @@ def test_damaged_model_is_refused_on_load(model_dir, tmp_path):
 
     d = tmp_path / "m"
     shutil.copytree(model_dir, d)
-    w = d / model_files.WEIGHTS_FILE
+    w = d / persistence.WEIGHTS_FILE
     w.write_bytes(w.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(errors.ModelIntegrityError):
         Predictor(str(d))

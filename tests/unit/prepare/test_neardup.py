@@ -15,6 +15,7 @@ from alle_dist import schema
 from alle_dist.io.images import decode_rgb, encode_jpeg
 from alle_dist.prepare import split as catalog
 from alle_dist.testing import synthetic
+from alle_dist.constants import NEAR_RADIUS
 from alle_dist.prepare import neardup
 
 # ---------------------------------------------------------------- hash
@@ -167,7 +168,7 @@ def shared(leukemia_dir):
 
 def test_shared_images_groups_at_the_chosen_radius(shared):
     rows, hashes = shared
-    near = neardup.near_groups(hashes, neardup.NEAR_RADIUS)
+    near = neardup.near_groups(hashes, NEAR_RADIUS)
     at = {r["path"].split("/")[-1]: near[i] for i, r in enumerate(rows)}
     assert at["WBC-Benign-381.jpg"] == at["WBC-Benign-384.jpg"] >= 0
     # Different fields 12 bits apart (one of them across classes) stay apart.
@@ -185,7 +186,7 @@ def test_shared_images_groups_at_the_chosen_radius(shared):
 def test_shared_images_no_group_straddles_a_split_after_combining(shared):
     rows, hashes = shared
     exact = catalog.dup_groups(rows)
-    near = neardup.near_groups(hashes, neardup.NEAR_RADIUS)
+    near = neardup.near_groups(hashes, NEAR_RADIUS)
     unit, reason = neardup.combine_groups(exact, near)
 
     def straddling(split):

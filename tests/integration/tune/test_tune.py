@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from alle_dist.cli import get_args_parser, run_stage
 from alle_dist.config import TuneConfig
-from alle_dist.ensemble import probs as ens_probs
-from alle_dist.ensemble import rule as ens_rule
-from alle_dist.ensemble import tune as ens_tune
+from alle_dist.ensemble import split_probs
+from alle_dist.ensemble import weighted
+from alle_dist.tune import select
 from alle_dist.errors import ConfigError
 from alle_dist.io import storage
 
@@ -24,17 +24,17 @@ def test_fit_temperature_recovers_known_temperature():
     y = np.array([rng.choice(4, p=row) for row in p_true])
     p_model = np.exp(logits)
     p_model /= p_model.sum(1, keepdims=True)                  # overconfident by T = 2.5
-    assert ens_tune.fit_temperature(p_model, y) == pytest.approx(true_t, rel=0.1)
+    assert select.fit_temperature(p_model, y) == pytest.approx(true_t, rel=0.1)
     # every validation image right: the NLL falls as T → 0; the fit stops at the lower bound
-    assert ens_tune.fit_temperature(p_model, p_model.argmax(1)) == pytest.approx(0.5, abs=1e-3)
+    assert select.fit_temperature(p_model, p_model.argmax(1)) == pytest.approx(0.5, abs=1e-3)
 
 
 def test_select_best_floor_then_objective_then_coverage():
     def t(acc, cov, name):
         return {"name": name, "metrics": {"coverage": cov, "accuracy_referral_as_error": acc}}
     trials = [t(0.99, 0.90, "below_floor"), t(0.95, 0.97, "a"), t(0.95, 0.99, "b"), t(0.95, 0.99, "c")]
-    assert ens_tune.select_best(trials, "accuracy_referral_as_error", 0.95)["name"] == "b"   # tie → coverage, then first
-    assert ens_tune.select_best(trials, "accuracy_referral_as_error", 0.0)["name"] == "below_floor"
+    assert select.select_best(trials, "accuracy_referral_as_error", 0.95)["name"] == "b"   # tie → coverage, then first
+    assert select.select_best(trials, "accuracy_referral_as_error", 0.0)["name"] == "below_floor"
 
 
 def test_macro_f1_equals_sklearn():
@@ -42,15 +42,18 @@ def test_macro_f1_equals_sklearn():
     rng = np.random.default_rng(0)
     y, label = rng.integers(0, 4, 200), rng.integers(-1, 4, 200)
     label[:5] = 0
-    assert ens_tune.macro_f1(y, label, 5) == pytest.approx(
+    assert select.macro_f1(y, label, 5) == pytest.approx(
         f1_score(y, label, labels=list(range(5)), average="macro", zero_division=0))
 
 
 def test_decision_metrics_counts_referral_as_error():
     y = np.array([0, 1, 2, 3])
-    m = ens_tune.decision_metrics(y, np.array([0, -1, 2, 1]), np.array([False, True, False, False]), 4)
+    m = select.decision_metrics(y, np.array([0, -1, 2, 1]), 4)
     assert m["coverage"] == 0.75 and m["accuracy_referral_as_error"] == 0.5
     assert m["accuracy_on_accepted"] == pytest.approx(2 / 3)
+    nothing = select.decision_metrics(y, np.full(4, -1), 4)     # nothing accepted: no accuracy, ranked last
+    assert nothing["coverage"] == 0.0 and nothing["accuracy_on_accepted"] is None
+    assert select.objective_value(nothing, "accuracy_on_accepted", 0.0) < select.objective_value(m, "accuracy_on_accepted", 0.0)
 
 
 def test_the_coverage_floor_counts_the_image_rule():
@@ -59,15 +62,15 @@ def test_the_coverage_floor_counts_the_image_rule():
     y = np.array([0, 1, 2, 3] * 5)
     p = np.full((20, 4), 0.02) + np.eye(4)[y] * 0.92
     image = np.r_[np.arange(18.0), 100.0, 200.0]              # the last two fields are odd
-    data = ens_probs.SplitProbs([f"f{i}" for i in range(20)], y, ("A", "B", "C", "D"), {"a": p, "b": p},
+    data = split_probs.SplitProbs([f"f{i}" for i in range(20)], y, ("A", "B", "C", "D"), {"a": p, "b": p},
                                {}, np.full(20, 0.2), image, image_reference=np.arange(200.0) / 10)
-    fixed = ens_tune.image_rule_refers(data, TuneConfig(image_quantile=0.99, referral_rate=None))
+    fixed = select.image_rule_refers(data, TuneConfig(image_quantile=0.99, referral_rate=None))
     assert fixed.tolist() == [False] * 18 + [True, True]
-    m = ens_tune.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0), fixed)
+    m = select.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0), fixed)
     assert m["coverage"] == 0.9 and m["accuracy_referral_as_error"] == 0.9
-    assert ens_tune.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0))["coverage"] == 1.0
-    assert ens_tune.image_rule_refers(data, TuneConfig(referral_signals=("ood_score",))) is None
-    assert ens_tune.image_rule_refers(data, TuneConfig(referral=False)) is None
+    assert select.evaluate_setting((0.5, 0.5), 0.7, data, (1.0, 1.0))["coverage"] == 1.0
+    assert select.image_rule_refers(data, TuneConfig(referral_signals=("ood_score",))) is None
+    assert select.image_rule_refers(data, TuneConfig(referral=False)) is None
 
 
 def test_config_rejects_unknown_objective():
@@ -103,12 +106,12 @@ def test_tune_stage_finds_known_best_with_real_trials(ray_local, tmp_path):
     doc = storage.read_json(str(tmp_path / "ensemble.json"))
     assert [t["source"] for t in doc["trials"]] == ["paper_grid"] * 10 + ["random_search"] * 3
     grid = {(tuple(t["weights"]), t["gamma"]) for t in doc["trials"][:10]}
-    assert grid == {(w, g) for w in ens_rule.PAPER_WEIGHTS for g in ens_rule.PAPER_GAMMAS}
+    assert grid == {(w, g) for w in weighted.PAPER_WEIGHTS for g in weighted.PAPER_GAMMAS}
     # The known best: (0.7, 0.3) at γ = 0.7, 55 of 59 right, γ rule alone
     assert doc["selected"]["weights"] == [0.7, 0.3] and doc["selected"]["gamma"] == 0.7
     assert doc["selected"]["metrics"]["accuracy_referral_as_error"] == pytest.approx(55 / 59)
     assert max(t["metrics"]["accuracy_referral_as_error"] for t in doc["trials"]) == pytest.approx(55 / 59)
-    spec = ens_rule.load_spec(str(tmp_path))
+    spec = weighted.load_spec(str(tmp_path))
     assert spec.weights == (0.7, 0.3) and spec.gamma == 0.7 and spec.temperatures == (1.0, 1.0)
     # referral fitted on validation (the default rule: image statistics; no out-of-fold reference
     # here, so validation alone); the whole rule still covers ≥ referral_coverage of what γ kept

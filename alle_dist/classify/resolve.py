@@ -1,7 +1,7 @@
 """Classify, before any work: check the models (every hash) and plan what to read (Ray-free).
 
 `resolve_models` loads ensemble.json and checks every model file in the driver, so a damaged or
-tampered model stops the job before a worker starts. What to read is planned in classify.todo.
+tampered model stops the job before a worker starts. What to read is planned in classify.planning.
 """
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import hashlib
 from dataclasses import dataclass, field
 
 from ..config import JobConfig
-from ..ensemble import lineage as ens_lineage
-from ..ensemble import rule as ensemble
+from ..ensemble import lineage
+from ..ensemble import weighted
 from ..errors import ConfigError
 from ..io import storage
 from ..models import field_stats, inference, preprocessing
-from ..models import files as model_files
+from ..models import persistence
 from ..rundir import RunDir
 
 
@@ -22,7 +22,7 @@ from ..rundir import RunDir
 class Models:
     """What the driver checks in RUN before any worker starts."""
     run_dir: str
-    spec: ensemble.EnsembleSpec
+    spec: weighted.EnsembleSpec
     metas: dict
     model_sha256: str             # one hash over every backbone's identity (weights + meta + OOD stats) + ensemble.json
     hashes: dict = field(default_factory=dict)
@@ -31,21 +31,21 @@ class Models:
 def resolve_models(run_dir: str) -> Models:
     """Load the spec and check every model file's sha256 and the ensemble's lineage now, in the driver
     (ModelIntegrityError, StaleArtifactError)."""
-    spec = ensemble.load_spec(run_dir)
-    ens_lineage.check(RunDir(run_dir), storage.read_json(RunDir(run_dir).ensemble))
+    spec = weighted.load_spec(run_dir)
+    lineage.check(RunDir(run_dir), storage.read_json(RunDir(run_dir).ensemble))
     metas, hashes = {}, {}
     for b in spec.backbones:
-        _, meta = model_files.load_state(RunDir(run_dir).model(b).root)   # reads + checks the weights' sha256
+        _, meta = persistence.load_state(RunDir(run_dir).model(b).root)   # reads + checks the weights' sha256
         if tuple(meta["classes"]) != spec.classes:
             raise ConfigError(f"{RunDir(run_dir).model(b).root}: classes {meta['classes']} differ from "
                               f"the ensemble's {list(spec.classes)}; rerun `alle-dist tune`")
-        metas[b], hashes[b] = meta, model_files.model_id(meta)   # covers weights, meta.json and OOD stats
-    hashes[RunDir.ENSEMBLE] = ens_lineage.ensemble_sha256(RunDir(run_dir))
+        metas[b], hashes[b] = meta, persistence.model_id(meta)   # covers weights, meta.json and OOD stats
+    hashes[RunDir.ENSEMBLE] = lineage.ensemble_sha256(RunDir(run_dir))
     combined = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(hashes.items())).encode()).hexdigest()
     return Models(run_dir, spec, metas, combined, hashes)
 
 
-def prep_spec(models: Models, job: JobConfig) -> inference.PrepSpec:
+def read_spec(models: Models, job_cfg: JobConfig) -> inference.ReadSpec:
     """The models' own preprocessing (models.preprocessing, read from their meta.json): segmented
     unless trained on originals; the largest input size (the Predictor resizes on the device for a
     backbone that wants less)."""
@@ -55,10 +55,10 @@ def prep_spec(models: Models, job: JobConfig) -> inference.PrepSpec:
         raise ConfigError(f"{models.run_dir}: the ensemble's models were trained with different segmentation "
                           "settings; retrain them with one `segment:` config")
     stats = any(field_stats.has_stats(load_ood_stats(models, b)) for b in models.spec.backbones)
-    return inference.PrepSpec(image_size=max(p.image_size for p in preps), segment=segs.pop(),
-                              max_pixels=job.classify.max_pixels, image_stats=stats)
+    return inference.ReadSpec(image_size=max(p.image_size for p in preps), segment=segs.pop(),
+                              max_pixels=job_cfg.classify.max_pixels, image_stats=stats)
 
 
 def load_ood_stats(models: Models, backbone: str) -> dict | None:
     """The backbone's OOD statistics (sha256 checked), or None when it has none (no OOD referral)."""
-    return model_files.load_ood(RunDir(models.run_dir).model(backbone).root) if models.metas[backbone].get("ood") else None
+    return persistence.load_ood(RunDir(models.run_dir).model(backbone).root) if models.metas[backbone].get("ood") else None

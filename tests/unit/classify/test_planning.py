@@ -1,11 +1,11 @@
-"""classify.todo: a listing chunk planned against the table's index, in Arrow (no Ray, no store)."""
+"""classify.planning: a listing chunk planned against the table's index, in Arrow (no Ray, no store)."""
 from __future__ import annotations
 
 import hashlib
 
 import pyarrow as pa
 
-from alle_dist.classify import listing, todo
+from alle_dist.classify import listing, planning
 
 
 def chunk(rows) -> pa.Table:
@@ -14,12 +14,12 @@ def chunk(rows) -> pa.Table:
 
 
 def index(rows, trust=False) -> pa.Table:
-    """rows as the store holds them (todo.index_columns) → the planning index (todo.build_index)."""
-    cols = todo.index_columns(trust)
+    """rows as the store holds them (planning.index_columns) → the planning index (planning.build_index)."""
+    cols = planning.index_columns(trust)
     types = {"uri": pa.string(), "bytes": pa.int64(), "sha256": pa.string(), "status": pa.string(),
              "mtime_ns": pa.int64(), "etag": pa.string()}
     stored = pa.Table.from_pylist([dict(zip(cols, r)) for r in rows], schema=pa.schema([(c, types[c]) for c in cols]))
-    return todo.build_index(stored.to_batches(max_chunksize=2), trust)
+    return planning.build_index(stored.to_batches(max_chunksize=2), trust)
 
 
 def sha(name: str) -> str:
@@ -36,7 +36,7 @@ LISTED = chunk([
     ("s3://bkt/g.jpg", 40, None, "etag-g", "ok", None),
 ])
 STORED = [("file:///a.jpg", 10, sha("a"), "ok", 1, None), ("file:///b.jpg", 21, sha("b"), "ok", 1, None),
-          ("file:///f.jpg", None, None, "error", None, None), ("file:///e.jpg", 0, todo.EMPTY_SHA256, "error", 1, None),
+          ("file:///f.jpg", None, None, "error", None, None), ("file:///e.jpg", 0, planning.EMPTY_SHA256, "error", 1, None),
           ("s3://bkt/g.jpg", 40, sha("g"), "ok", None, "etag-g"), ("file:///gone.jpg", 5, sha("x"), "ok", 1, None)]
 
 
@@ -45,7 +45,7 @@ def _by_uri(t: pa.Table, col: str) -> dict:
 
 
 def test_default_rerun_reads_every_ok_input_and_confirms_matching_sizes_by_sha256():
-    p = todo.plan_chunk(LISTED, index([r[:4] for r in STORED]), trust_size=False)
+    p = planning.plan_chunk(LISTED, index([r[:4] for r in STORED]), trust_size=False)
     assert _by_uri(p.todo, "done_sha256") == {"file:///a.jpg": sha("a"), "file:///b.jpg": None,
                                               "file:///c.jpg": None, "s3://bkt/g.jpg": sha("g")}
     # the dangling link is new: an error row; the FIFO's and the empty file's rows are unchanged: skipped
@@ -54,24 +54,24 @@ def test_default_rerun_reads_every_ok_input_and_confirms_matching_sizes_by_sha25
 
 
 def test_trust_size_skips_on_size_plus_mtime_or_etag_without_reading():
-    p = todo.plan_chunk(LISTED, index(STORED, trust=True), trust_size=True)
+    p = planning.plan_chunk(LISTED, index(STORED, trust=True), trust_size=True)
     assert sorted(p.todo.column("uri").to_pylist()) == ["file:///b.jpg", "file:///c.jpg"]
     assert p.skipped == 4          # a (size + mtime), g (size + ETag), the FIFO, the empty file
 
 
 def test_a_first_run_reads_everything_and_makes_error_rows_of_what_needs_no_reading():
-    p = todo.plan_chunk(LISTED, todo.empty_index(False), trust_size=False)
-    assert p.todo.num_rows == 4 and p.skipped == 0 and p.todo.schema == todo.TODO_SCHEMA
+    p = planning.plan_chunk(LISTED, planning.empty_index(False), trust_size=False)
+    assert p.todo.num_rows == 4 and p.skipped == 0 and p.todo.schema == planning.TODO_SCHEMA
     direct = {r["uri"]: r for r in p.direct.to_pylist()}
     assert set(direct) == {"file:///d.jpg", "file:///e.jpg", "file:///f.jpg"}
-    assert direct["file:///e.jpg"]["error"] == todo.EMPTY_FILE and direct["file:///e.jpg"]["sha256"] == todo.EMPTY_SHA256
+    assert direct["file:///e.jpg"]["error"] == planning.EMPTY_FILE and direct["file:///e.jpg"]["sha256"] == planning.EMPTY_SHA256
     assert all(r["status"] == "error" for r in direct.values())
 
 
 def test_a_stored_sha256_that_is_not_one_means_read_again():
     """A hand-edited table (a truncated or non-hex sha256) never lets an input be skipped or confirmed."""
-    stored = [("file:///a.jpg", 10, "sha-a", "ok", 1, None), ("file:///e.jpg", 0, todo.EMPTY_SHA256[:-2], "error", 1, None)]
-    p = todo.plan_chunk(LISTED, index(stored, trust=True), trust_size=True)
+    stored = [("file:///a.jpg", 10, "sha-a", "ok", 1, None), ("file:///e.jpg", 0, planning.EMPTY_SHA256[:-2], "error", 1, None)]
+    p = planning.plan_chunk(LISTED, index(stored, trust=True), trust_size=True)
     assert _by_uri(p.todo, "done_sha256")["file:///a.jpg"] is None     # read, hashed, committed afresh
     assert "file:///e.jpg" in p.direct.column("uri").to_pylist() and p.skipped == 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..errors import StaleArtifactError
 from ..io import storage
 from ..rundir import ModelDir
-from . import files as model_files
+from . import persistence
 
 META_MODEL_ID = b"alle_dist.model_id"   # Parquet metadata of a model's cached outputs
 
@@ -32,7 +32,7 @@ def check_trained_on(out: ModelDir, meta: dict, manifest_id: str, backbone: str,
 def check_outputs(out: ModelDir, split: str, table_meta: dict | None, backbone: str, run_root: str) -> None:
     """Refuse cached outputs that another version of the model made (its files changed since)."""
     made_by = (table_meta or {}).get(META_MODEL_ID, b"").decode()
-    if made_by != model_files.model_id(model_files.read_meta(out.root)):
+    if made_by != persistence.model_id(persistence.read_meta(out.root)):
         raise StaleArtifactError(
             f"{out.probs(split)}: made by another version of {backbone} (the model's files changed since "
             f"training); retrain it (`alle-dist train --run-dir {run_root} --backbone {backbone} --retrain`)")
@@ -40,7 +40,7 @@ def check_outputs(out: ModelDir, split: str, table_meta: dict | None, backbone: 
 
 def outputs_metadata(out: ModelDir) -> dict:
     """Parquet metadata binding a model's cached outputs to the model's identity."""
-    return {META_MODEL_ID: model_files.model_id(model_files.read_meta(out.root)).encode()}
+    return {META_MODEL_ID: persistence.model_id(persistence.read_meta(out.root)).encode()}
 
 
 def exists(out: ModelDir) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from alle_dist.cli import get_args_parser, run_stage
-from alle_dist.ensemble import probs as ens_probs
-from alle_dist.ensemble import rule as ens_rule
+from alle_dist.ensemble import split_probs
+from alle_dist.ensemble import weighted
 from alle_dist.evaluate import metrics as EV
 from alle_dist.io import storage
 from alle_dist.referral import bounds
@@ -44,10 +44,10 @@ def test_guarantees_recorded_and_gamma_by_sgr(ray_local, tmp_path):
     assert g["whole_rule_validation"]["n"] == 59 and "optimistic" in g["whole_rule_validation"]["note"]
     sgr = g["gamma_rule"]["sgr"]
     assert g["gamma_rule"]["set_by"] == "sgr" and sgr["feasible"] and sgr["risk_bound"] < 0.25
-    spec = ens_rule.load_spec(str(tmp_path))
+    spec = weighted.load_spec(str(tmp_path))
     assert spec.gamma == pytest.approx(sgr["threshold"]) and doc["selected"]["source"].endswith("+sgr")
     # evaluate checks those bounds on a test split (here: the validation files again, as a stand-in)
-    data = ens_probs.load_probs(str(tmp_path), list(BACKBONES), "val")
+    data = split_probs.load_probs(str(tmp_path), list(BACKBONES), "val")
     rows = EV.guarantee_rows(data, spec, g)
     assert [r["basis"] for r in rows][::2] == ["conformal, calibration-conditional", "SGR"]
     assert rows[2]["bound"] == sgr["risk_bound"]

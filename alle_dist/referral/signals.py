@@ -1,12 +1,14 @@
 """The unfamiliar-image rule: which referral signals fire, and their thresholds fitted on
 in-distribution images. Shared by tune (fitting), evaluate and classify (applying).
 
-Signals (config.REFERRAL_SIGNALS): a backbone's feature distance to the training data (reason
-`unfamiliar`), a segmentation mask fraction outside the range seen (`empty_field` when too little was
-kept, e.g. blank or red-cells-only fields; `odd_mask` when too much), the whole field's image
-statistics (focus, noise, stain colour, shape of the stained objects; models.field_stats) far from
-the training fields' (`odd_image`), or the networks disagreeing more than ever seen (`disagreement`).
-The confidence rule (γ, reason `low_confidence`) lives with the ensemble (ensemble.rule).
+`TABLE` is the referral vocabulary's one owner: each signal's config name (tune.referral_signals, and
+the `ReferralRule` field holding its threshold), the reason a row gets when it fires (`refer_reason`),
+the key its threshold is stored under (ensemble.json's "referral" and a result row's `thresholds`
+map) and the reason in words. Signals: a backbone's feature distance to the training data, a
+segmentation mask fraction outside the range seen (too little kept: blank or red-cells-only fields;
+too much), the whole field's image statistics (focus, noise, stain colour, shape of the stained
+objects; models.field_stats) far from the training fields', or the networks disagreeing more than
+ever seen. The confidence rule (γ, reason `low_confidence`) lives with the ensemble (ensemble.weighted).
 """
 from __future__ import annotations
 
@@ -15,21 +17,56 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import schema
 from ..config import REFERRAL_SIGNALS, TuneConfig
 from ..errors import ConfigError
 from . import bounds
 
-# Fixed order of reasons when several rules fire.
-REASONS = ("empty_field", "odd_mask", "odd_image", "unfamiliar", "disagreement", "low_confidence")
-SIGNALS = REFERRAL_SIGNALS
+
+@dataclass(frozen=True)
+class Signal:
+    name: str      # config name (tune.referral_signals) = the ReferralRule field of its threshold
+    reason: str    # the refer_reason when it fires
+    key: str       # its threshold's stored key (per backbone for ood_score: schema.backbone_ood_column)
+    words: str     # the reason as a haematologist reads it: "title: explanation"
+
+
+# In the order reasons are listed when several fire.
+TABLE = (
+    Signal("mask_low", "empty_field", "mask_fraction_low",
+           "empty field: the segmentation kept too little stained area (blank or red cells only)"),
+    Signal("mask_high", "odd_mask", "mask_fraction_high",
+           "odd mask: the segmentation kept more stained area than any training image"),
+    Signal("image_score", "odd_image", "image_score",
+           "odd image: focus, noise, stain colour or shapes unlike the training fields"),
+    Signal("ood_score", "unfamiliar", "ood_score",
+           "unfamiliar: a network's features were far from every training image"),
+    Signal("disagreement", "disagreement", "disagreement",
+           "disagreement: the networks disagreed more than on any validation image"),
+)
+LOW_CONFIDENCE = "low_confidence"   # the γ rule's reason (ensemble.weighted.apply)
+REASONS = tuple(s.reason for s in TABLE) + (LOW_CONFIDENCE,)
+REASON_WORDS = {**{s.reason: s.words for s in TABLE},
+                LOW_CONFIDENCE: "low confidence: the top weighted score was below γ"}
+BY_NAME = {s.name: s for s in TABLE}
+SIGNALS = REFERRAL_SIGNALS          # config's list of the names above (a unit test keeps the two equal)
 DEFAULT_SIGNALS = TuneConfig.referral_signals
+# Before alle_dist 0.1's vocabulary table, ensemble.json nested the mask thresholds.
+_LEGACY_MASK = {"low": "mask_low", "high": "mask_high"}
+
+
+def reasons_in_words(reason: str | None) -> list[str]:
+    """A row's `refer_reason` ('+'-joined REASONS) as sentences, in the table's order."""
+    fired = set((reason or "").split("+")) - {""}
+    return [REASON_WORDS.get(r, r) for r in REASONS if r in fired] + sorted(fired - set(REASONS))
 
 
 @dataclass(frozen=True)
 class ReferralRule:
     """Thresholds of the unfamiliar-image rule (None / {} = that signal is off) and how they were fitted.
 
-    Stored in ensemble.json under "referral" as a plain mapping (`to_dict` / `from_dict`)."""
+    Two serialisations, both keyed by TABLE's stored keys: `to_dict` / `from_dict` for ensemble.json's
+    "referral" (plus the fit's provenance), `thresholds` for a classification row's `thresholds` map."""
     ood_score: dict = field(default_factory=dict)   # backbone → feature-distance threshold
     mask_low: float | None = None
     mask_high: float | None = None
@@ -37,28 +74,33 @@ class ReferralRule:
     disagreement: float | None = None
     fit: dict = field(default_factory=dict)         # method, signals, quantiles, coverage: provenance only
 
+    def _scalars(self) -> dict[str, float]:
+        """{stored key: threshold} of the scalar signals in force."""
+        return {s.key: float(getattr(self, s.name)) for s in TABLE
+                if s.name != "ood_score" and getattr(self, s.name) is not None}
+
     def to_dict(self) -> dict:
-        doc = {**self.fit, "ood_score": dict(self.ood_score)}
-        if self.mask_low is not None or self.mask_high is not None:
-            doc["mask_fraction"] = {"low": self.mask_low, "high": self.mask_high}
-        for k in ("image_score", "disagreement"):
-            if getattr(self, k) is not None:
-                doc[k] = getattr(self, k)
+        doc = {**self.fit, "ood_score": dict(self.ood_score), **self._scalars()}
         return doc if (self.fit or self.active) else {}
+
+    def thresholds(self) -> dict[str, float]:
+        """The `thresholds` map of a classification row: only the rules in force."""
+        per_backbone = {schema.backbone_ood_column(b): float(t) for b, t in sorted(self.ood_score.items())}
+        return {**self._scalars(), **per_backbone}
 
     @classmethod
     def from_dict(cls, doc: dict | None) -> "ReferralRule":
         doc = dict(doc or {})
-        mf = doc.pop("mask_fraction", None) or {}
-        rule = {"ood_score": {b: t for b, t in (doc.pop("ood_score", None) or {}).items() if t is not None},
-                "mask_low": mf.get("low"), "mask_high": mf.get("high"),
-                "image_score": doc.pop("image_score", None), "disagreement": doc.pop("disagreement", None)}
-        return cls(**rule, fit=doc)
+        values = {s.name: doc.pop(s.key, None) for s in TABLE if s.name != "ood_score"}
+        for side, name in _LEGACY_MASK.items():
+            values[name] = values[name] if values[name] is not None else (doc.get("mask_fraction") or {}).get(side)
+        doc.pop("mask_fraction", None)
+        ood = {b: t for b, t in (doc.pop("ood_score", None) or {}).items() if t is not None}
+        return cls(ood_score=ood, **values, fit=doc)
 
     @property
     def active(self) -> bool:
-        return bool(self.ood_score) or any(v is not None for v in (self.mask_low, self.mask_high,
-                                                                   self.image_score, self.disagreement))
+        return bool(self.ood_score) or bool(self._scalars())
 
 
 def disagreement(probs: list[np.ndarray]) -> np.ndarray:
@@ -76,7 +118,7 @@ def referral_flags(rule: ReferralRule | dict, scaled: dict[str, np.ndarray], ood
     """Which unfamiliar-image rules fire per row: {reason: bool N}. Rules the rule leaves off don't fire."""
     rule = rule if isinstance(rule, ReferralRule) else ReferralRule.from_dict(rule)
     n = len(next(iter(scaled.values())))
-    flags = {r: np.zeros(n, bool) for r in REASONS[:-1]}
+    flags = {s.reason: np.zeros(n, bool) for s in TABLE}
     for b, thr in rule.ood_score.items():
         if ood_scores is not None and ood_scores.get(b) is not None:
             flags["unfamiliar"] |= ~(np.asarray(ood_scores[b], np.float64) <= thr)   # NaN (no score) = unfamiliar
@@ -168,12 +210,12 @@ def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray
         r: dict = {"method": "quantile_union", "signals": list(signals), "quantile": q,
                    "target_coverage": target_coverage, **image_rule,
                    "ood_score": {b: float(np.quantile(s, q, method="higher")) for b, s in ood_scores.items()}}
-        if mf is not None and {"mask_low", "mask_high"} & set(signals):
-            r["mask_fraction"] = {
-                "low": float(np.quantile(mf, 1 - q, method="lower")) if "mask_low" in signals else None,
-                "high": float(np.quantile(mf, q, method="higher")) if "mask_high" in signals else None}
+        if mf is not None and "mask_low" in signals:
+            r[BY_NAME["mask_low"].key] = float(np.quantile(mf, 1 - q, method="lower"))
+        if mf is not None and "mask_high" in signals:
+            r[BY_NAME["mask_high"].key] = float(np.quantile(mf, q, method="higher"))
         if dis is not None:
-            r["disagreement"] = float(np.quantile(dis, q, method="higher"))
+            r[BY_NAME["disagreement"].key] = float(np.quantile(dis, q, method="higher"))
         return r
 
     def coverage(r: dict) -> float:

@@ -9,9 +9,9 @@ import numpy as np
 from .. import schema
 from ..errors import ConfigError, StorageError
 from ..io import storage
-from ..models import lineage as model_lineage
+from ..models import persistence, provenance
 from ..rundir import RunDir
-from .rule import Decision, EnsembleSpec, apply
+from .weighted import Decision, EnsembleSpec, apply
 
 
 @dataclass
@@ -36,25 +36,24 @@ def image_reference(run_dir: str, backbones) -> np.ndarray | None:
     """The out-of-fold image scores of the training fields (models.field_stats.calibration) of the first
     backbone that has them: in-distribution reference values for the image rule's threshold."""
     from ..models import field_stats
-    from ..models import files as model_files
 
     for b in backbones:
         mdir = RunDir(run_dir).model(b)
-        if storage.exists(mdir.meta) and storage.read_json(mdir.meta).get("ood"):
-            ref = field_stats.calibration(model_files.load_ood(mdir.root))
+        if storage.exists(mdir.meta) and persistence.read_meta(mdir.root).get("ood"):
+            ref = field_stats.calibration(persistence.load_ood(mdir.root))
             if ref is not None:
                 return ref
     return None
 
 
 def model_classes(run_dir: str, backbone: str) -> tuple[str, ...] | None:
-    meta = RunDir(run_dir).model(backbone).meta
-    return tuple(storage.read_json(meta)["classes"]) if storage.exists(meta) else None
+    model = RunDir(run_dir).model(backbone)
+    return tuple(persistence.read_meta(model.root)["classes"]) if storage.exists(model.meta) else None
 
 
 def load_probs(run_dir: str, backbones, split: str) -> SplitProbs:
     """RUN/models/<b>/<split>_probs.parquet of each backbone, joined on path (order of the first); each
-    file must have been made by the model now in its folder (models.lineage.check_outputs)."""
+    file must have been made by the model now in its folder (models.provenance.check_outputs)."""
     tables, classes = {}, None
     for b in backbones:
         uri = RunDir(run_dir).model(b).probs(split)
@@ -62,7 +61,7 @@ def load_probs(run_dir: str, backbones, split: str) -> SplitProbs:
             raise StorageError(f"{uri}: not found; train backbone {b!r} first "
                                        f"(`alle-dist train --run-dir {run_dir} --backbone {b}`) or drop it")
         table = storage.read_parquet(uri)
-        model_lineage.check_outputs(RunDir(run_dir).model(b), split, table.schema.metadata, b, run_dir)
+        provenance.check_outputs(RunDir(run_dir).model(b), split, table.schema.metadata, b, run_dir)
         df = table.to_pandas()
         cls = model_classes(run_dir, b) or tuple(sorted(c[2:] for c in df.columns if c.startswith("p_")))
         if classes is not None and cls != classes:

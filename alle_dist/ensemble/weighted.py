@@ -4,7 +4,7 @@ Core (numpy, no Ray). EP = argmax Σᵢ wᵢ·pᵢ over the backbones' (temperat
 outputs, weights on the simplex. An image is *referred* (label -1, `refer`) instead of labelled when
 
 - its top weighted score is below γ (`low_confidence`; a score exactly equal to γ is confident), or
-- the unfamiliar-image rule fires (referral.rule: feature distance, mask fraction, image statistics,
+- the unfamiliar-image rule fires (referral.signals: feature distance, mask fraction, image statistics,
   disagreement, each against a threshold fitted on in-distribution images).
 
 RUN/ensemble.json holds an EnsembleSpec (`save_spec` / `load_spec`).
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, StorageError
 from ..io import storage
-from ..referral.rule import REASONS, ReferralRule, referral_flags
+from ..referral.signals import LOW_CONFIDENCE, REASONS, ReferralRule, referral_flags
 from ..rundir import RunDir
 
 _EPS = 1e-12
@@ -125,6 +125,17 @@ class Decision:
     confidence: np.ndarray     # N, top weighted score
     refer: np.ndarray          # N, bool
     reason: list               # N, None or '+'-joined REASONS that fired
+    gamma_accepted: np.ndarray  # N, bool: the γ rule alone accepts it (the other rules may still refer it)
+
+
+def accepted_metrics(y: np.ndarray, label: np.ndarray) -> dict:
+    """Coverage (share of images given a class) and accuracy among them, from labels with -1 = referred:
+    the one computation tune and evaluate share. Nothing accepted: accuracy None (there is none); no
+    images: coverage 0."""
+    y, label = np.asarray(y), np.asarray(label)
+    accepted = label >= 0
+    return {"coverage": float(accepted.mean()) if len(y) else 0.0,
+            "accuracy_on_accepted": float(np.mean(label[accepted] == y[accepted])) if accepted.any() else None}
 
 
 def apply(spec: EnsembleSpec, probs: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray] | None = None,
@@ -143,11 +154,13 @@ def apply(spec: EnsembleSpec, probs: dict[str, np.ndarray], ood_scores: dict[str
     flags = referral_flags(spec.referral, scaled, ood_scores, mask_fraction, image_score)
     # A score equal to γ is confident; the 1e-9 keeps a hand-computed boundary (0.5·0.9 + 0.5·0.7
     # vs γ = 0.8) on the confident side despite float rounding.
-    flags["low_confidence"] = ~(conf >= spec.gamma - _GAMMA_TOL)
+    gamma_accepted = conf >= spec.gamma - _GAMMA_TOL
+    flags[LOW_CONFIDENCE] = ~gamma_accepted
     refer = np.zeros(len(p), bool)
     for f in flags.values():
         refer |= f
     reason = ["+".join(r for r in REASONS if flags[r][i]) or None for i in range(len(p))]
-    return Decision(probs=p, label=np.where(refer, -1, label), confidence=conf, refer=refer, reason=reason)
+    return Decision(probs=p, label=np.where(refer, -1, label), confidence=conf, refer=refer, reason=reason,
+                    gamma_accepted=gamma_accepted)
 
 

@@ -19,10 +19,12 @@ from torch import nn
 from ..errors import ModelIntegrityError, StorageError
 from ..io import storage
 from ..rundir import ModelDir
+from . import preprocessing
 
 WEIGHTS_FILE, META_FILE = ModelDir.WEIGHTS, ModelDir.META
 FORMAT_VERSION = 1
-REQUIRED_META = ("architecture", "classes", "image_size", "mean", "std")
+# Besides these, a readable preprocessing record (models.preprocessing.read).
+REQUIRED_META = ("architecture", "classes")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -96,6 +98,7 @@ def read_meta(model_dir: str) -> dict:
     missing = [k for k in REQUIRED_META + ("sha256", INTEGRITY) if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ModelIntegrityError(f"{uri}: missing key(s) {missing}; retrain or restore it")
+    preprocessing.read(meta)   # a model without a usable input record can't be used anywhere
     if hashlib.sha256(_canonical(meta)).hexdigest() != meta[INTEGRITY]:
         raise ModelIntegrityError(f"{uri}: edited after it was written (its {INTEGRITY} does not match its "
                                   "contents); retrain the model or restore the original file")
@@ -107,6 +110,7 @@ def save_model(model_dir: str, model: nn.Module, meta: dict) -> dict:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}")
+    preprocessing.read(meta)
     sha = save_tensors(storage.join(model_dir, WEIGHTS_FILE), unwrap(model).state_dict())
     return write_meta(model_dir, {**meta, "format": FORMAT_VERSION, "weights_file": WEIGHTS_FILE, "sha256": sha})
 
@@ -150,7 +154,7 @@ OOD_FILE = ModelDir.OOD
 
 
 def save_ood(model_dir: str, stats: dict) -> dict:
-    """Write alle_dist.ood statistics beside a model; their sha256 goes into its meta.json."""
+    """Write the referral statistics (models.feature_distance, models.field_stats) beside a model; their sha256 goes into its meta.json."""
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stats.items()}
     sha = save_tensors(storage.join(model_dir, OOD_FILE), tensors)
     return write_meta(model_dir, {**read_meta(model_dir), "ood": {"file": OOD_FILE, "sha256": sha}})

@@ -21,9 +21,10 @@ import pyarrow as pa
 from .. import schema
 from ..errors import ConfigError
 from ..io import storage
-from ..models import files as model_files
-from ..models import lineage, preprocessing, registry
+from ..models import persistence
+from ..models import preprocessing, provenance, registry
 from ..rundir import ModelDir, RunDir
+from ..prepare.manifest import recorded_id_of
 from .loop import LoopConfig, TestHooks, train_loop
 
 log = logging.getLogger("alle_dist.train")
@@ -77,17 +78,17 @@ def is_finished(out: ModelDir) -> bool:
     return all(storage.exists(u) for u in (out.meta, out.ood, out.probs(schema.VAL), out.probs(schema.TEST)))
 
 
-def scaling_config(cfg):
+def scaling_config(train_cfg):
     """One worker per GPU by default; without GPUs, 2 gloo CPU workers (fewer on a tiny cluster)."""
     from ray.train import ScalingConfig
 
     from ..runtime import cluster_cpus, cluster_gpus
 
     gpus, cpus = cluster_gpus(), cluster_cpus()
-    gpw = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    gpw = train_cfg.gpus_per_worker if train_cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
     if gpw > gpus:
         raise ConfigError(f"train.gpus_per_worker={gpw}: the cluster has {gpus} GPU(s); use --gpus-per-worker 0")
-    workers = cfg.workers if cfg.workers is not None else (int(gpus // gpw) if gpw else max(1, min(2, cpus - 1)))
+    workers = train_cfg.workers if train_cfg.workers is not None else (int(gpus // gpw) if gpw else max(1, min(2, cpus - 1)))
     # Every worker holds 1 CPU; Ray Data's read / segment / augment tasks need at least one more.
     if workers * gpw > gpus or workers >= cpus:
         raise ConfigError(f"train.workers={workers}: the cluster has {cpus} CPU(s) and {gpus} GPU(s); each "
@@ -110,24 +111,32 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
     if result.checkpoint is None:
         return None
     with result.checkpoint.as_directory() as d:
-        return model_files.read_checkpoint(d)[2]
+        return persistence.read_checkpoint(d)[2]
 
 
-def loop_config(run: RunDir, jcfg, backbone: str, classes: list[str], name: str, manifest_id: str,
-                out: ModelDir | None = None) -> LoopConfig:
-    """The worker's typed config: the recipe from jcfg.train; the preprocessing and the manifest it is
-    trained on (lineage) recorded in the meta every checkpoint carries."""
-    cfg = jcfg.train
-    size = cfg.image_size or registry.default_image_size(backbone)
+def model_preprocessing(job_cfg, backbone: str) -> preprocessing.Preprocessing:
+    """The one place training decides a backbone's input: size (the backbone's default unless
+    train.image_size), its normalisation, and the HSV segmentation unless train.segmented is off."""
+    train_cfg = job_cfg.train
+    size = train_cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
-    prep = preprocessing.Preprocessing(size, mean, std, jcfg.segment if cfg.segmented else None)
-    meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": cfg.pretrained,
+    return preprocessing.Preprocessing(size, mean, std, job_cfg.segment if train_cfg.segmented else None)
+
+
+def loop_config(run: RunDir, job_cfg, backbone: str, classes: list[str], name: str, manifest_id: str,
+                prep: preprocessing.Preprocessing, out: ModelDir | None = None) -> LoopConfig:
+    """The worker's typed config: the recipe from job_cfg.train; the preprocessing and the manifest it is
+    trained on (lineage) recorded in the meta every checkpoint carries. The segment section is left out
+    of the recorded config: the preprocessing record owns it."""
+    train_cfg = job_cfg.train
+    recipe = {k: v for k, v in job_cfg.to_dict().items() if k != "segment"}
+    meta = preprocessing.record({"architecture": backbone, "classes": classes, "pretrained": train_cfg.pretrained,
                                  "run_dir": run.root, "run_name": name, "lineage": {"manifest": manifest_id},
-                                 "control": cfg.control,
-                                 "config": json.loads(json.dumps(jcfg.to_dict())), "versions": versions()}, prep)
-    return LoopConfig(backbone=backbone, classes=tuple(classes), image_size=size, mean=tuple(mean), std=tuple(std),
-                      pretrained=cfg.pretrained, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      seed=cfg.seed, compile=cfg.compile, meta=meta, hooks=_test_hooks(out or run.model(backbone), name))
+                                 "control": train_cfg.control, "config": json.loads(json.dumps(recipe)),
+                                 "versions": versions()}, prep)
+    return LoopConfig(backbone=backbone, classes=tuple(classes), prep=prep, pretrained=train_cfg.pretrained,
+                      lr=train_cfg.lr, epochs=train_cfg.epochs, batch_size=train_cfg.batch_size, seed=train_cfg.seed,
+                      compile=train_cfg.compile, meta=meta, hooks=_test_hooks(out or run.model(backbone), name))
 
 
 def _test_hooks(out: ModelDir, name: str) -> TestHooks:
@@ -138,8 +147,8 @@ def _test_hooks(out: ModelDir, name: str) -> TestHooks:
                      pause_s=float(os.environ.get(PAUSE_ENV, 0)))
 
 
-def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str,
-        out: ModelDir | None = None):
+def fit(run: RunDir, job_cfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str,
+        prep: preprocessing.Preprocessing, out: ModelDir | None = None):
     """Run (or resume) the TorchTrainer of one backbone into `out` (default RUN/models/<backbone>);
     returns the Ray Train Result. A checkpoint made from another manifest is refused, not resumed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -152,19 +161,20 @@ def fit(run: RunDir, jcfg, backbone: str, classes: list[str], datasets: dict, ma
     name = run_name(run.root, out.root.rstrip("/").rsplit("/", 1)[-1])    # the folder: a control resumes apart
     previous = latest_checkpoint_meta(out, name)
     if previous:
-        lineage.check_trained_on(out, previous, manifest_id, backbone, run.root)
+        provenance.check_trained_on(out, previous, manifest_id, backbone, run.root)
         log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
     fs, path = storage.resolve(out.checkpoints)
     with Relay() as relay:   # one line per epoch on the driver (train.epoch_log)
         run_config = RunConfig(
             name=name, storage_path=path, storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=jcfg.train.max_failures),
+            failure_config=FailureConfig(max_failures=job_cfg.train.max_failures),
             # Keep the best (lowest validation loss) and, always, the latest checkpoint.
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
-            callbacks=[EpochLines(relay.queue, backbone, jcfg.train.epochs)])
-        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(run, jcfg, backbone, classes, name, manifest_id, out),
-                               scaling_config=scaling_config(jcfg.train), run_config=run_config, datasets=datasets)
+            callbacks=[EpochLines(relay.queue, backbone, job_cfg.train.epochs)])
+        loop_cfg = loop_config(run, job_cfg, backbone, classes, name, manifest_id, prep, out)
+        trainer = TorchTrainer(train_loop, train_loop_config=loop_cfg, scaling_config=scaling_config(job_cfg.train),
+                               run_config=run_config, datasets=datasets)
         return trainer.fit()
 
 
@@ -172,62 +182,77 @@ def publish(result, out: ModelDir) -> dict:
     """Best checkpoint → out/, latest → out/last/ (same bytes, sha256 checked); returns out's meta."""
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
     with result.checkpoint.as_directory() as d:
-        last = model_files.copy_model(d, out.last.root, optimizer=None)
+        last = persistence.copy_model(d, out.last.root, optimizer=None)
     with best.as_directory() as d:
-        best_epoch = model_files.read_meta(d)["epochs"][-1]["epoch"]
-        return model_files.copy_model(d, out.root, optimizer=None, epochs=last["epochs"], resumed_at=last["resumed_at"],
+        best_epoch = persistence.read_meta(d)["epochs"][-1]["epoch"]
+        return persistence.copy_model(d, out.root, optimizer=None, epochs=last["epochs"], resumed_at=last["resumed_at"],
                                   best_epoch=best_epoch, last_epoch=last["epochs"][-1]["epoch"])
 
 
-def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
-    """Train (or resume, or skip when finished) `jcfg.train.backbone`; returns its final meta."""
+def train_backbone(run_dir: str, job_cfg, retrain: bool = False) -> dict:
+    """Train (or resume, or skip when finished) `job_cfg.train.backbone`; returns its final meta."""
     from .. import config
     from ..prepare.manifest import read_manifest
-    from . import augment, balance
     from .posttrain import export_splits
 
-    cfg, backbone, run = jcfg.train, jcfg.train.backbone, RunDir(run_dir)
-    out = _out(run, cfg)
+    train_cfg, backbone, run = job_cfg.train, job_cfg.train.backbone, RunDir(run_dir)
+    out = _out(run, train_cfg)
     table, source, classes = read_manifest(run)    # checks the manifest's identity
-    manifest_id = table.schema.metadata[schema.META_MANIFEST_ID].decode()
+    manifest_id = recorded_id_of(table)
     if retrain and storage.exists(out.root):
         storage.delete(out.root)
     elif is_finished(out):
-        meta = model_files.read_meta(out.root)
-        lineage.check_trained_on(out, meta, manifest_id, backbone, run.root)
+        meta = persistence.read_meta(out.root)
+        provenance.check_trained_on(out, meta, manifest_id, backbone, run.root)
         log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
         return meta
-    splits = {s: split_rows(table, s, cfg.limit, cfg.seed) for s in schema.SPLITS}
-    balanced, record = balance.oversample(splits[schema.TRAIN], cfg.seed)
-    storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
-    config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), jcfg, run_dir=run.root, backbone=backbone)
-    seg = jcfg.segment if cfg.segmented or cfg.control else None    # a control needs the mask it removes
-    size = cfg.image_size or registry.default_image_size(backbone)
-    cols = ["image", "label"]
-    datasets = {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
-        "train": augment.image_dataset(shuffled(balanced, cfg.seed), source, classes, image_size=size, seg=seg,
-                                       aug=jcfg.augment, seed=None, control=cfg.control).select_columns(cols),
-        "val": augment.image_dataset(splits[schema.VAL], source, classes, image_size=size, seg=seg,
-                                     aug=None, control=cfg.control).select_columns(cols),
-    }
+    prep = model_preprocessing(job_cfg, backbone)
+    splits = {s: split_rows(table, s, train_cfg.limit, train_cfg.seed) for s in schema.SPLITS}
+    config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), job_cfg, run_dir=run.root, backbone=backbone)
+    datasets = _datasets(out, job_cfg, prep, splits, source, classes)
     t0 = time.perf_counter()
-    log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", backbone,
-             cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
-    result = fit(run, jcfg, backbone, classes, datasets, manifest_id, out)
+    result = fit(run, job_cfg, backbone, classes, datasets, manifest_id, prep, out)
     publish(result, out)
     log.info("%s: scoring the train, val and test splits with the best model", backbone)
-    if cfg.control:
+    if train_cfg.control:
         from .control import export_control
 
-        meta = export_control(out, splits, source, classes, seg, size, cfg.control)
+        meta = export_control(out, splits, source, classes, _dataset_segment(job_cfg, prep), prep.image_size,
+                              train_cfg.control)
     else:
         meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
 
 
-def _out(run: RunDir, cfg) -> ModelDir:
-    return run.control_model(cfg.backbone, cfg.control) if cfg.control else run.model(cfg.backbone)
+def _dataset_segment(job_cfg, prep: preprocessing.Preprocessing):
+    """The segmentation the image stream runs: the model's, or for a shortcut control (which may be
+    trained on originals) the mask it removes."""
+    return prep.segment or (job_cfg.segment if job_cfg.train.control else None)
+
+
+def _datasets(out: ModelDir, job_cfg, prep: preprocessing.Preprocessing, splits: dict, source: str,
+              classes: list[str]) -> dict:
+    """The oversampled, augmented train stream and the plain val stream (Ray Data); the oversampling
+    record is written beside the model."""
+    from . import augment, balance
+
+    train_cfg = job_cfg.train
+    balanced, record = balance.oversample(splits[schema.TRAIN], train_cfg.seed)
+    storage.write_json(out.file(ModelDir.OVERSAMPLING), record)
+    log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", train_cfg.backbone,
+             train_cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
+    seg, cols = _dataset_segment(job_cfg, prep), ["image", "label"]
+    common = {"image_size": prep.image_size, "seg": seg, "control": train_cfg.control}
+    return {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
+        "train": augment.image_dataset(shuffled(balanced, train_cfg.seed), source, classes, aug=job_cfg.augment,
+                                       seed=None, **common).select_columns(cols),
+        "val": augment.image_dataset(splits[schema.VAL], source, classes, aug=None, **common).select_columns(cols),
+    }
+
+
+def _out(run: RunDir, train_cfg) -> ModelDir:
+    return run.control_model(train_cfg.backbone, train_cfg.control) if train_cfg.control else run.model(train_cfg.backbone)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -236,16 +261,17 @@ def main(args: argparse.Namespace) -> int:
     from .. import config
     from ..runtime import init_ray
 
-    jcfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig))
+    job_cfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig),
+                                segment=config.overrides(args, config.SegmentConfig))
     RunDir(args.run_dir).check_ready("train")   # a wrong RUN fails in a second, before Ray starts
-    names = registry.expand(jcfg.train.backbone)
+    names = registry.expand(job_cfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
-        registry.check_pretrained(name, jcfg.train.pretrained)
+        registry.check_pretrained(name, job_cfg.train.pretrained)
     init_ray(args.num_cpus)
     for name in names:
-        one = dataclasses.replace(jcfg, train=dataclasses.replace(jcfg.train, backbone=name))
-        meta = train_backbone(args.run_dir, one, retrain=args.retrain)
+        backbone_cfg = dataclasses.replace(job_cfg, train=dataclasses.replace(job_cfg.train, backbone=name))
+        meta = train_backbone(args.run_dir, backbone_cfg, retrain=args.retrain)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
-              f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), one.train).root}")
+              f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), backbone_cfg.train).root}")
     return 0

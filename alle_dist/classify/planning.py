@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
+from ..constants import EMPTY_FILE
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _EMPTY_DIGEST = pa.scalar(bytes.fromhex(EMPTY_SHA256), pa.binary(32))
-EMPTY_FILE = "empty file (0 bytes)"     # the reason io.images.decode_rgb gives for b""
 INDEX = ("uri", "bytes", "sha256", "status")       # what the index reads from the store
 TRUST_INDEX = INDEX + ("mtime_ns", "etag")
 _COMPACT_TYPES = {"uri": pa.string(), "bytes": pa.int64(), "digest": pa.binary(32), "is_error": pa.bool_(),

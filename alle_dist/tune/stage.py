@@ -1,0 +1,117 @@
+"""Stage `tune`: Ray Tune over the ensemble weights and γ on the validation probabilities, plus referral
+thresholds (or, with --tune-training, over the training hyperparameters: tune.training).
+
+The test split is never read here. Order: (1) a temperature per backbone (NLL on validation); (2)
+weights × γ by the objective (tune.search: real Ray Tune trials), the γ rule alone counting against the
+coverage floor (with `gamma_by_sgr`, γ is then SGR's threshold for `risk_target`); (3) the
+unfamiliar-image thresholds: the image rule's conformal threshold for (`referral_rate`, `confidence`),
+any other signal fitted so that the whole rule (γ + unfamiliar) still covers `referral_coverage` of the
+validation images; (4) `guarantees`: what each rule promises (tune.select; docs/referral-guarantees.md).
+Writes RUN/ensemble.json and RUN/tune_config.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .. import config
+from ..ensemble import lineage, split_probs, weighted
+from ..errors import ConfigError, UsageError
+from ..rundir import RunDir
+from . import search, select
+
+log = logging.getLogger("alle_dist.tune")
+
+
+def load_validation(run_dir: str, cfg: config.TuneConfig) -> split_probs.SplitProbs:
+    """The cached validation outputs: the only split this stage reads."""
+    controls = [b for b in cfg.backbones if RunDir.CONTROL in b]
+    if controls:
+        raise ConfigError(f"tune.backbones {controls}: shortcut controls (train --control) are never ensemble "
+                          "members; drop them from --backbones")
+    lineage.snapshot(RunDir(run_dir), cfg.backbones)   # every member trained on RUN's current manifest
+    data = split_probs.load_probs(run_dir, list(cfg.backbones), "val")
+    if (data.y < 0).any():
+        raise UsageError(f"{run_dir}: validation labels outside the classes {list(data.classes)}")
+    if not len(data.y):
+        raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
+    data.image_reference = split_probs.image_reference(run_dir, cfg.backbones)
+    select.image_rule_refers(data, cfg)         # an (α, confidence) too strict for the calibration set fails here
+    if cfg.referral and "image_score" in cfg.referral_signals and data.image_score is None:
+        log.warning("%s: the validation files carry no image_score (models trained before alle_dist had "
+                    "image statistics): unfamiliar images are referred by γ alone; retrain "
+                    "(`alle-dist train --retrain`) to enable the image-statistics rule", run_dir)
+    return data
+
+
+def run(run_dir: str, cfg: config.TuneConfig, data: split_probs.SplitProbs | None = None) -> dict:
+    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc."""
+    data = data if data is not None else load_validation(run_dir, cfg)
+    temps = tuple(select.fit_temperature(data.probs[b], data.y) if cfg.temperature_scaling else 1.0
+                  for b in cfg.backbones)
+    trials = search.search(data, temps, cfg)
+    best = select.select_best(trials, cfg.objective, cfg.min_coverage)
+    best = select.sgr_gamma(data, temps, best, cfg) if cfg.gamma_by_sgr else best
+    spec, metrics = select.finish(data, temps, best, cfg)
+    extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
+             "metrics": {"validation": metrics}, "guarantees": select.guarantees(data, spec, cfg, cfg.gamma_by_sgr),
+             "trials": trials, "lineage": lineage.snapshot(RunDir(run_dir), cfg.backbones)}
+    weighted.save_spec(run_dir, spec, **extra)
+    log.debug("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
+    return {**weighted.spec_doc(weighted.load_spec(run_dir)), **extra}
+
+
+_NONE = "none"   # --referral-rate none: the uncalibrated quantile (flags.tune)
+
+
+def main(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..runtime import init_ray
+
+    # --backbone is train.backbone (for --tune-training); every other flag is a tune field.
+    over = config.overrides(args, config.TuneConfig)
+    if over.get("referral_rate") == _NONE:
+        over.pop("referral_rate")
+    if getattr(args, "selective_risk", None) is not None:   # γ by SGR at that error rate
+        over.update(risk_target=args.selective_risk, gamma_by_sgr=True)
+    job_cfg = config.job_config(args.config, tune=over, train={"backbone": args.backbone})
+    if getattr(args, "referral_rate", None) == _NONE:     # None overrides are ignored: say it explicitly
+        job_cfg = dataclasses.replace(job_cfg, tune=dataclasses.replace(job_cfg.tune, referral_rate=None))
+    # A wrong RUN fails in a second, before Ray starts (--tune-training trains: it needs a manifest).
+    RunDir(args.run_dir).check_ready("train" if args.tune_training else "tune")
+    if args.tune_training:
+        from .training import tune_training
+
+        init_ray(args.num_cpus)
+        doc = tune_training(args.run_dir, job_cfg)
+        print(f"tune_training.json: best {doc['best']}")
+        return 0
+    data = load_validation(args.run_dir, job_cfg.tune)    # a wrong RUN fails here, before Ray starts
+    init_ray(args.num_cpus)
+    doc = run(args.run_dir, job_cfg.tune, data)
+    config.save_resolved(RunDir(args.run_dir).config("tune"), job_cfg, run_dir=args.run_dir)
+    val = doc["metrics"]["validation"]
+    weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))
+    print(f"{RunDir.ENSEMBLE}: weights {weights}, gamma {doc['gamma']:.3f}; validation n={val['n']} "
+          f"coverage {val['coverage']:.3f} accuracy {val['accuracy_referral_as_error']:.3f} "
+          f"→ {RunDir(args.run_dir).ensemble}")
+    print(guarantee_line(doc["guarantees"]))
+    return 0
+
+
+def guarantee_line(g: dict) -> str:
+    """One line for the terminal: what the image rule, the whole rule and the γ rule promise."""
+    img, sgr, whole = g.get("image_rule") or {}, g["gamma_rule"]["sgr"], g["whole_rule_validation"]
+    if not img:
+        first = "image rule off"
+    elif img["method"] == "quantile":
+        first = "image rule: uncalibrated quantile (no guarantee)"
+    else:
+        first = (f"image rule refers ≤ {img['alpha_bound']:.4f} of in-distribution images at confidence "
+                 f"{g['confidence']} (n_val={img['n_val']}, n_oof={img['n_oof']})")
+    risk = (f"SGR: error rate ≤ {sgr['risk_bound']:.4f} among accepted at γ ≥ {sgr['threshold']:.3f} "
+            f"(coverage {sgr['coverage']:.3f})" if sgr["feasible"] else
+            f"SGR: no γ certifies an error rate ≤ {sgr['target_risk']} (best bound {sgr['risk_bound']:.3f})")
+    return (f"guarantees: {first}; whole rule on validation {whole['rate']:.4f} referred (≤ {whole['upper']:.4f}, "
+            f"optimistic); {risk}")
