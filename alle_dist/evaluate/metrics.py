@@ -160,21 +160,35 @@ def table3(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec) -> list[di
 
 # ---------------------------------------------------------------- guarantees and the shortcut control
 
-def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: str) -> dict:
-    """One row of doc["guarantees"] (evaluate.page renders the keys as columns). `violated`: the test
-    split shows at level δ that the true rate is above the bound (referral.bounds.binomial_exceeds),
-    not merely an observed rate above it. `test_upper`: the (1-δ) Clopper-Pearson bound from the
-    test split itself, valid for the rule as tuned (nothing was fitted on these images), where the
-    validation-based `bound` of the whole and γ rules is optimistic."""
-    violated = None if bound is None or n == 0 else bounds.binomial_exceeds(k, n, float(bound), delta)
-    return {"name": name, "alpha": alpha, "delta": delta, "bound": bound,
-            "observed": k / n if n else None, "test_upper": bounds.binomial_upper(k, n, delta) if n else None,
-            "n": n, "violated": violated, "basis": basis}
+def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: str, valid: bool) -> dict:
+    """One row of doc["guarantees"] (evaluate.page renders the keys as columns). `test_upper`: the (1-δ)
+    Clopper-Pearson bound from the test split itself, valid for the rule as tuned (nothing was fitted on
+    these images). `bound`: what tune stated, `valid` when it is a guarantee (the image rule's
+    conformal bound, SGR) rather than an optimistic validation figure; None when the validation split
+    was too small to state one (`basis` says so). `headline`: the number to read first, always a
+    valid one (the tuned bound when valid, else test_upper). `violated`: only for a valid bound, the
+    test split showing at level δ that the true rate is above it (referral.bounds.binomial_exceeds), not
+    merely an observed rate above it; an optimistic figure is never "violated", only not a guarantee."""
+    test_upper = bounds.binomial_upper(k, n, delta) if n else None
+    violated = bounds.binomial_exceeds(k, n, float(bound), delta) if valid and bound is not None and n else None
+    return {"name": name, "headline": bound if valid and bound is not None else test_upper, "alpha": alpha,
+            "delta": delta, "bound": bound, "valid": valid, "observed": k / n if n else None,
+            "test_upper": test_upper, "n": n, "violated": violated, "basis": basis}
+
+
+def _validation_bound(fit: dict, what: str) -> tuple[float | None, str]:
+    """(bound, basis) of an optimistic validation figure; no bound when the split was too small for
+    its target (tune records `n_required`; files from before it state the figure as they did)."""
+    if fit.get("n_required") is not None and not fit.get("enough"):
+        counted = fit.get("accepted", fit.get("n"))
+        return None, (f"not enough validation images: n={counted}, need ≥ {fit['n_required']} to bound {what} "
+                      f"at {fit['target']:g}; the test split's bound is the valid one")
+    return fit.get("upper"), "validation Clopper-Pearson (optimistic: fitted on these images)"
 
 
 def guarantee_rows(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec, g: dict | None) -> list[dict]:
     """The test split's referral rates (image rule, whole rule) and the error rate among γ-accepted
-    images, each beside the bound tune recorded in ensemble.json's "guarantees" (`g`)."""
+    images, each beside what tune recorded in ensemble.json's "guarantees" (`g`)."""
     if not g:
         return []
     delta, n = float(g["delta"]), len(data.y)
@@ -184,18 +198,19 @@ def guarantee_rows(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec, g:
     if img.get("alpha_bound") is not None and data.image_score is not None:
         odd = referral_flags(spec.referral, data.probs, None, None, data.image_score)["odd_image"]
         rows.append(guarantee_row("image rule: share of test images referred", img["alpha_bound"], img["alpha"],
-                                  delta, int(odd.sum()), n, "conformal, calibration-conditional"))
-    whole = g.get("whole_rule_validation") or {}
-    rows.append(guarantee_row("whole rule: share of test images referred", whole.get("upper"), None, delta,
-                              int(d.refer.sum()), n, "validation Clopper-Pearson (optimistic)"))
+                                  delta, int(odd.sum()), n, "conformal, calibration-conditional", True))
+    bound, basis = _validation_bound(g.get("whole_rule_validation") or {}, "the whole rule's referral rate")
+    rows.append(guarantee_row("whole rule: share of test images referred", bound, None, delta,
+                              int(d.refer.sum()), n, basis, False))
     gr = g.get("gamma_rule") or {}
-    accepted = d.gamma_accepted
-    wrong = (d.probs.argmax(1) != data.y) & accepted
-    by_sgr = gr.get("set_by") == "sgr"
-    bound = (gr.get("sgr") or {}).get("risk_bound") if by_sgr else (gr.get("validation") or {}).get("upper")
+    wrong = (d.probs.argmax(1) != data.y) & d.gamma_accepted
+    if gr.get("set_by") == "sgr":
+        bound, basis = (gr.get("sgr") or {}).get("risk_bound"), "SGR"
+    else:
+        bound, basis = _validation_bound(gr.get("validation") or {}, "the error rate among accepted images")
     rows.append(guarantee_row("γ rule: error rate among accepted test images", bound,
-                              (gr.get("sgr") or {}).get("target_risk"), delta, int(wrong.sum()), int(accepted.sum()),
-                              "SGR" if by_sgr else "validation Clopper-Pearson (optimistic)"))
+                              (gr.get("sgr") or {}).get("target_risk"), delta, int(wrong.sum()),
+                              int(d.gamma_accepted.sum()), basis, gr.get("set_by") == "sgr"))
     return rows
 
 

@@ -227,8 +227,9 @@ def _guarantees(doc: dict) -> str:
     rows = doc.get("guarantees") or []
     if not rows:
         return "<p>Not computed for this run.</p>"
-    label = {"alpha": "α (error rate allowed)", "delta": "δ (risk the bound fails)", "bound": "bound",
-             "observed": "observed rate", "test_upper": "bound from the test split (valid)"}
+    label = {"headline": "bound (valid)", "alpha": "α (error rate allowed)", "delta": "δ (risk the bound fails)",
+             "bound": "bound tune stated", "valid": "a guarantee?", "observed": "observed rate",
+             "test_upper": "bound from the test split (valid)", "violated": "violated (binomial test)"}
     cols = list(dict.fromkeys(k for r in rows for k in r))
     return _table([label.get(c, c) for c in cols], [[num(r.get(c)) for c in cols] for r in rows],
                   numeric=set(range(len(cols))))

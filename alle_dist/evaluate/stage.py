@@ -62,10 +62,15 @@ def _control(run_dir: str, name: str, models: dict) -> dict:
 
 
 def _guarantee_lines(doc: dict) -> list[str]:
+    """One line per guarantee row: the valid headline first, then what was observed and what tune stated."""
     fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"  {r['name']}: {fmt(r['observed'])} of n={r['n']} (≤ {fmt(r['test_upper'])} from the test split), "
-             f"bound {fmt(r['bound'])} ({r['basis']})"
-             f"{' VIOLATED' if r['violated'] else ''}" for r in doc.get("guarantees") or []]
+    lines = []
+    for r in doc.get("guarantees") or []:
+        head = (f"≤ {fmt(r['headline'])} ({r['basis']})" if r["valid"] else
+                f"≤ {fmt(r['headline'])} (valid: Clopper-Pearson on the test split)")
+        tuned = "" if r["valid"] else f"; tuned: {fmt(r['bound'])} {r['basis']}" if r["bound"] is not None else f"; {r['basis']}"
+        lines.append(f"  {r['name']}: {head}; observed {fmt(r['observed'])} of n={r['n']}{tuned}"
+                     f"{' VIOLATED' if r['violated'] else ''}")
     c = doc.get("control")
     if c:
         lines.append(f"  shortcut control {c['backbone']}: accuracy {c['accuracy']:.4f}, chance {c['chance']:.4f}, "

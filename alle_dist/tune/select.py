@@ -122,19 +122,29 @@ def _sgr(data, temperatures, weights, cfg) -> dict:
 
 def guarantees(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec, cfg: config.TuneConfig,
                gamma_by_sgr: bool = False) -> dict:
-    """The "guarantees" of weighted.json: the image rule's conformal fit (its provenance in the rule),
-    the whole rule's validation referral rate with its Clopper-Pearson bound (optimistic: γ and the
-    thresholds were fitted on these images), and the γ rule's selective risk (SGR at `risk_target`,
-    and the chosen γ's bound on validation)."""
+    """The "guarantees" of ensemble.json: the image rule's conformal fit (its provenance in the rule),
+    the whole rule's validation referral rate with its Clopper-Pearson bound, and the γ rule's
+    selective risk (SGR at `risk_target`, and the chosen γ's bound on validation). The two validation
+    bounds are optimistic (γ and the thresholds were fitted on these images) and each records
+    `n_required`: the images a bound at its target needs even with no event, so a split too small to
+    state one says so (evaluate then states none, only the test split's)."""
     delta = 1 - cfg.confidence
     d = split_probs.apply_split(spec, data)
     errors = d.probs.argmax(1) != data.y
+    whole = _with_target(bounds.rate_upper_bound(d.refer, delta), "n", 1 - cfg.referral_coverage, delta)
+    risk = _with_target(bounds.selective_risk_upper(errors, d.gamma_accepted, delta), "accepted", cfg.risk_target, delta)
     return {
         "alpha": cfg.referral_rate, "confidence": cfg.confidence, "delta": delta,
         "image_rule": spec.referral.fit.get("image_rule"),
-        "whole_rule_validation": {**bounds.rate_upper_bound(d.refer, delta),
-                                  "note": "optimistic: γ and the thresholds were fitted on these images"},
+        "whole_rule_validation": {**whole, "note": "optimistic: γ and the thresholds were fitted on these images"},
         "gamma_rule": {"gamma": spec.gamma, "set_by": "sgr" if gamma_by_sgr else "search",
-                       "sgr": _sgr(data, spec.temperatures, spec.weights, cfg),
-                       "validation": bounds.selective_risk_upper(errors, d.gamma_accepted, delta)},
+                       "sgr": _sgr(data, spec.temperatures, spec.weights, cfg), "validation": risk},
     }
+
+
+def _with_target(fit: dict, counted: str, target: float, delta: float) -> dict:
+    """A validation bound with the target it is meant for and the images (`counted`: all, or the
+    accepted ones) a bound at that target needs: (1-target)^n ≤ δ (referral.bounds.required_n)."""
+    need = bounds.required_n(target, delta) if 0 < target < 1 else None
+    return {**fit, "target": float(target), "n_required": need,
+            "enough": need is not None and fit[counted] >= need}

@@ -113,5 +113,9 @@ def guarantee_line(g: dict) -> str:
     risk = (f"SGR: error rate ≤ {sgr['risk_bound']:.4f} among accepted at γ ≥ {sgr['threshold']:.3f} "
             f"(coverage {sgr['coverage']:.3f})" if sgr["feasible"] else
             f"SGR: no γ certifies an error rate ≤ {sgr['target_risk']} (best bound {sgr['risk_bound']:.3f})")
-    return (f"guarantees: {first}; whole rule on validation {whole['rate']:.4f} referred (≤ {whole['upper']:.4f}, "
-            f"optimistic); {risk}")
+    if whole.get("n_required") is not None and not whole.get("enough"):
+        rest = (f"whole rule: {whole['rate']:.4f} of {whole['n']} validation images referred, too few for a bound "
+                f"(need ≥ {whole['n_required']}): evaluate bounds it on the test split")
+    else:
+        rest = f"whole rule on validation {whole['rate']:.4f} referred (≤ {whole['upper']:.4f}, optimistic)"
+    return f"guarantees: {first}; {rest}; {risk}"

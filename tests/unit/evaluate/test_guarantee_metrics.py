@@ -26,12 +26,16 @@ def case(n: int = 400, odd: int = 8, unsure: int = 20, wrong: int = 10):
     return data, spec
 
 
-def guarantees(alpha_bound=0.0094, val_upper=0.06, set_by="search", sgr_bound=0.04, val_risk_upper=0.03):
+def guarantees(alpha_bound=0.0094, val_upper=0.06, set_by="search", sgr_bound=0.04, val_risk_upper=0.03,
+               n_val=400):
+    need_whole, need_risk = bounds.required_n(0.01, 0.05), bounds.required_n(0.05, 0.05)     # 299, 59
     return {"alpha": 0.01, "confidence": 0.95, "delta": 0.05,
             "image_rule": {"alpha": 0.01, "alpha_bound": alpha_bound, "n_val": 180, "n_oof": 1620},
-            "whole_rule_validation": {"upper": val_upper},
+            "whole_rule_validation": {"upper": val_upper, "n": n_val, "target": 0.01, "n_required": need_whole,
+                                      "enough": n_val >= need_whole},
             "gamma_rule": {"set_by": set_by, "sgr": {"target_risk": 0.05, "risk_bound": sgr_bound},
-                           "validation": {"upper": val_risk_upper}}}
+                           "validation": {"upper": val_risk_upper, "accepted": n_val - 20, "target": 0.05,
+                                          "n_required": need_risk, "enough": n_val - 20 >= need_risk}}}
 
 
 def test_rows_count_each_rule_on_the_test_split():
@@ -45,7 +49,11 @@ def test_rows_count_each_rule_on_the_test_split():
     # γ accepts 380 (the odd images too: their top score is confident); 10 of them are wrong
     assert (gamma["n"], gamma["observed"], gamma["alpha"], gamma["bound"]) == (380, 10 / 380, 0.05, 0.03)
     assert "optimistic" in gamma["basis"]
-    assert set(img) == {"name", "alpha", "delta", "bound", "observed", "test_upper", "n", "violated", "basis"}
+    assert set(img) == {"name", "headline", "alpha", "delta", "bound", "valid", "observed", "test_upper", "n",
+                        "violated", "basis"}
+    # the headline is always a valid number: the conformal bound, else the test split's own
+    assert (img["headline"], img["valid"]) == (0.0094, True)
+    assert whole["headline"] == whole["test_upper"] and not whole["valid"] and whole["violated"] is None
     # the test split's own bound: valid for the tuned rule, and above what was observed
     assert whole["test_upper"] == pytest.approx(bounds.binomial_upper(28, 400, 0.05)) and whole["test_upper"] > 28 / 400
     assert gamma["test_upper"] == pytest.approx(bounds.binomial_upper(10, 380, 0.05))
@@ -59,6 +67,22 @@ def test_violation_is_the_binomial_test_not_a_raw_comparison():
     assert EV.guarantee_rows(data, spec, guarantees())[0]["violated"] is True
     gamma = EV.guarantee_rows(data, spec, guarantees(set_by="sgr", sgr_bound=0.001))[2]
     assert gamma["basis"] == "SGR" and gamma["bound"] == 0.001 and gamma["violated"] is True
+
+
+def test_a_validation_split_too_small_states_no_bound_and_nothing_reads_violated():
+    """The demo's case: 31 validation images can't bound a 1 % referral rate (that needs 299 even with
+    none referred); the whole rule's row says so, headlines the test split's bound, and is never
+    "violated" however far the test split lands from the optimistic validation figure."""
+    data, spec = case(odd=60)                              # 15 % of the test split referred
+    rows = EV.guarantee_rows(data, spec, guarantees(n_val=31, val_upper=0.09, val_risk_upper=0.01))
+    whole, gamma = rows[1], rows[2]
+    assert whole["bound"] is None and "not enough validation images: n=31, need ≥ 299" in whole["basis"]
+    assert gamma["bound"] is None and "need ≥ 59" in gamma["basis"]
+    assert all(r["violated"] is None for r in (whole, gamma))
+    assert whole["headline"] == pytest.approx(bounds.binomial_upper(int(whole["observed"] * 400), 400, 0.05))
+    from alle_dist.evaluate import stage as eval_stage
+    lines = eval_stage._guarantee_lines({"guarantees": rows})
+    assert not any("VIOLATED" in line for line in lines[1:]) and "not enough validation images" in lines[1]
 
 
 def test_no_guarantees_recorded_means_no_rows_and_the_page_renders_ours():
