@@ -18,9 +18,9 @@ from alle_dist.models import persistence
 from alle_dist.models import provenance
 from alle_dist.prepare.manifest import manifest_id, recorded_id
 from alle_dist.rundir import RunDir
+from alle_dist.testing.synthetic import CLASSES  # the paper's four classes, one home
 
 
-CLASSES = ("Benign", "Early", "Pre", "Pro")
 BACKBONES = ("densenet201", "resnet50")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLASSES = ("Benign", "Early", "Pre", "Pro")
+from alle_dist.testing.synthetic import CLASSES  # the paper's four classes, one home
 
 
 def smear(rng: np.random.Generator, size: int = 48) -> np.ndarray:
