@@ -18,6 +18,8 @@ import struct
 
 import numpy as np
 
+from ..referral.rule import REASON_WORDS
+
 ENSEMBLE = "ensemble"
 DISCLAIMER = ("Not a medical device. This report describes a research model on a held-out test set; "
               "it is not cleared for diagnosis. Every result must be checked by a qualified haematologist.")
@@ -29,14 +31,8 @@ SECTIONS = (("summary", "Summary"), ("models", "How each model did on the test i
             ("referred", "Images referred to a haematologist"),
             ("misclassified", "Images the ensemble labelled wrong"), ("plots", "Plots"))
 GALLERIES = ("corrected", "referred", "misclassified")
-REASONS = {
-    "low_confidence": "low confidence: the top weighted score was below γ",
-    "unfamiliar": "unfamiliar: a network's features were far from every training image",
-    "empty_field": "empty field: the segmentation kept too little stained area (blank or red cells only)",
-    "odd_mask": "odd mask: the segmentation kept more stained area than any training image",
-    "odd_image": "odd image: focus, noise, stain colour or shapes unlike the training fields",
-    "disagreement": "disagreement: the networks disagreed more than on any validation image",
-}
+# "low confidence: <the reason in words>" (the words: referral.rule.REASON_WORDS, shared with the review page).
+REASONS = {r: f"{r.replace('_', ' ')}: {w}" for r, w in REASON_WORDS.items()}
 METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1")
 _LABELS = {"f1": "F1"}
 _CSS = """

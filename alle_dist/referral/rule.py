@@ -21,6 +21,15 @@ from . import bounds
 
 # Fixed order of reasons when several rules fire.
 REASONS = ("empty_field", "odd_mask", "odd_image", "unfamiliar", "disagreement", "low_confidence")
+# Each reason in words, for a haematologist (the review page, Label Studio tasks, the audit).
+REASON_WORDS = {
+    "empty_field": "the segmentation kept almost nothing: an empty field, or red cells only",
+    "odd_mask": "the segmentation kept far more of the field than in any training image",
+    "odd_image": "the field as a whole (focus, noise, stain colour, shapes) is unlike the training images",
+    "unfamiliar": "the network's features are far from those of every training image",
+    "disagreement": "the two networks disagree more than they ever did on the calibration images",
+    "low_confidence": "the ensemble is not confident enough (its top score is below γ)",
+}
 SIGNALS = REFERRAL_SIGNALS
 DEFAULT_SIGNALS = TuneConfig.referral_signals
 
