@@ -11,7 +11,6 @@ import logging
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
 from .. import schema
 from ..classify import drift
@@ -41,7 +40,7 @@ def stated(table: source.Table, run_dir: str | None) -> tuple[dict | None, str |
 def run_counts(table: source.Table) -> list[dict]:
     """Per classify run: its image-rule referrals and ok rows (the run record's own count, made when it
     finished; older runs: counted from their rows still current in DST)."""
-    rows = table.rows(["run_id", "refer_reason"], pds.field("status") == schema.OK)
+    rows = table.rows(["run_id", "refer_reason", "status"], lambda b: pc.equal(b.column("status"), schema.OK))
     odd = pc.cast(pc.fill_null(pc.match_substring(rows.column("refer_reason"), drift.REASON), False), pa.int64())
     grouped = pa.table({"run_id": rows.column("run_id"), "odd": odd}).group_by("run_id").aggregate(
         [("odd", "sum"), ("odd", "count")]).to_pylist()

@@ -22,7 +22,6 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
 from .. import config as config_mod
 from .. import schema
@@ -40,8 +39,8 @@ LS_DIR, LS_TASKS, LS_CONFIG = "label_studio", "tasks.json", "labeling_config.xml
 
 
 def _columns(classes, backbones) -> list[str]:
-    return (["uri", "path", "sha256", "label", "predicted_class", "refer_reason", "confidence", "model_sha256",
-             "run_id", "classified_at"] + [schema.prob_column(c) for c in classes]
+    return (["uri", "path", "sha256", "status", "refer", "label", "predicted_class", "refer_reason", "confidence",
+             "model_sha256", "run_id", "classified_at"] + [schema.prob_column(c) for c in classes]
             + [schema.backbone_prob_column(b, c) for b in backbones for c in classes])
 
 
@@ -61,20 +60,24 @@ def check_models(table: source.Table, run_dir: str):
 def pick(table: source.Table, reviewed: pa.Array, audit: int, limit: int | None, seed: int) -> tuple[list[dict], dict]:
     """The batch's rows (each with `kind`) and what was picked from how many."""
     cols = _columns(table.classes, table.backbones)
-    ok = pds.field("status") == schema.OK
-    referred = _unreviewed(table.rows(cols, ok & (pds.field("refer") == True)), reviewed)  # noqa: E712
+    referred = _unreviewed(table.rows(cols, _ok(True)), reviewed)
     idx = select.referred_first(referred.column("classified_at").to_pylist(), referred.column("uri").to_pylist(), limit)
-    accepted = _unreviewed(table.rows(["uri", "sha256", "label"], ok & (pds.field("refer") == False)), reviewed)  # noqa: E712
+    accepted = _unreviewed(table.rows(["uri", "sha256", "label", "status", "refer"], _ok(False)), reviewed)
     accepted = accepted.sort_by("uri")
     labels = accepted.column("label").to_pylist()
-    drawn = accepted.take(select.draw_audit(labels, audit, seed)) if audit else accepted.slice(0, 0)
+    drawn = accepted.take(pa.array(select.draw_audit(labels, audit, seed), pa.int64()))
     audit_rows = _same_bytes(table.rows_of(drawn.column("uri").to_pylist(), cols), drawn)
-    rows = [{**r, "kind": schema.REFERRED} for r in referred.take(idx).to_pylist()]
+    rows = [{**r, "kind": schema.REFERRED} for r in referred.take(pa.array(idx, pa.int64())).to_pylist()]
     rows += [{**r, "kind": schema.AUDIT} for r in audit_rows.sort_by("uri").to_pylist()]
     counts = {"referred_not_reviewed": referred.num_rows, "referred_picked": len(idx),
               "accepted_not_reviewed": accepted.num_rows, "accepted_by_class": _count(labels),
               "audit_by_class": _count(audit_rows.column("label").to_pylist())}
     return rows, counts
+
+
+def _ok(refer: bool):
+    """keep(batch): ok rows the ensemble referred (True) or accepted (False)."""
+    return lambda b: pc.and_(pc.equal(b.column("status"), schema.OK), pc.equal(b.column("refer"), refer))
 
 
 def _unreviewed(rows: pa.Table, reviewed: pa.Array) -> pa.Table:

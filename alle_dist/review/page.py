@@ -32,7 +32,7 @@ main{max-width:1280px;margin:0 auto;padding:12px 16px 40px}
 .kind.referred{background:#e8f0fe;color:#1a4fa0}.kind.audit{background:#ede7f6;color:#4b2c91}
 .pics{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0}.pics figure{margin:0;text-align:center}
 .pics img{display:block;background:#fff;border:1px solid #d5dde5;image-rendering:auto}
-#field{max-width:520px;max-height:520px}.small{width:224px;height:224px;object-fit:contain}
+#field{width:384px;max-width:100%;height:auto}.small{width:224px;height:224px;object-fit:contain}
 figcaption{font-size:.85em;color:#444;margin-top:3px}
 .labels{display:flex;flex-wrap:wrap;gap:8px;margin:12px 0}
 .labels button{font-size:1em;padding:8px 14px;border:2px solid #9aa7b4;border-radius:6px;background:#fff;cursor:pointer}

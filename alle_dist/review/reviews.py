@@ -31,13 +31,12 @@ class ReviewTable:
 
     def current(self, uris=None) -> pa.Table:
         """The current rows (of these uris), empty when nothing is recorded yet."""
-        import pyarrow.dataset as pds
+        from .source import filtered, of_uris
 
         table = load(self.uri, self.options)
         if table is None:
             return schema.REVIEWS_SCHEMA.empty_table()
-        where = None if uris is None else pds.field("uri").isin(pa.array(sorted(set(uris)), pa.string()))
-        return table.to_pyarrow_dataset().to_table(filter=where)
+        return filtered(table, schema.REVIEWS_SCHEMA.names, None if uris is None else of_uris(uris))
 
     def record(self, rows: list[dict]) -> tuple[dict, int]:
         """MERGE these decisions (one per key) in one commit; (deltalake's metrics, the version after)."""

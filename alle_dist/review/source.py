@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
 from .. import schema
 from ..classify.store import CONF_IDENTITY, CONF_MODEL, ResultStore
@@ -34,13 +33,13 @@ class Table:
     def side(self) -> SideDir:
         return SideDir(self.uri)
 
-    def rows(self, columns: list[str], where=None) -> pa.Table:
-        """The current version's rows (projected; `where` a pyarrow.dataset expression)."""
-        return self.delta.to_pyarrow_dataset().to_table(columns=columns, filter=where)
+    def rows(self, columns: list[str], keep=None) -> pa.Table:
+        """The current version's rows (projected), those where keep(batch) is true (a boolean mask)."""
+        return filtered(self.delta, columns, keep)
 
     def rows_of(self, uris, columns: list[str]) -> pa.Table:
         """The current rows of these uris."""
-        return self.rows(columns, pds.field("uri").isin(pa.array(sorted(set(uris)), pa.string())))
+        return self.rows(columns, of_uris(uris))
 
     def recorded_run_dir(self) -> str | None:
         """The run directory classify last ran with (its resolved config beside the rows)."""
@@ -54,6 +53,22 @@ class Table:
     def runs(self) -> list[dict]:
         """classify's run records (each run's latest)."""
         return ResultStore(self.uri).runs()
+
+
+def filtered(delta, columns: list[str], keep=None) -> pa.Table:
+    """A Delta table's current rows, projected, filtered batch by batch in memory (a pyarrow dataset
+    filter on a string column fails on deltalake 1.6's files: their statistics are string_view)."""
+    names = list(dict.fromkeys(columns))
+    batches = delta.to_pyarrow_dataset().to_batches(columns=names, batch_size=65_536)
+    parts = [b if keep is None else b.filter(keep(b)) for b in batches]
+    schema_ = pa.schema([delta.schema().to_arrow().field(n) for n in names]) if not parts else parts[0].schema
+    return pa.Table.from_batches(parts, schema=schema_)
+
+
+def of_uris(uris):
+    """keep(batch): the rows of these uris."""
+    wanted = pa.array(sorted(set(uris)), pa.string())
+    return lambda b: pc.is_in(b.column("uri"), value_set=wanted)
 
 
 def open_table(dst: str) -> Table:
