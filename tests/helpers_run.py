@@ -91,10 +91,11 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
 
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
-                 referral: dict | None = None, image_stats: bool = True) -> Path:
+                 referral: dict | None = None, image_stats: bool = True, manifest_id: str | None = None) -> Path:
     """A real run directory: tiny untrained timm models saved through modelio, OOD statistics
     fitted with ood.fit on random features and imagestats.fit on smear images, ensemble.json
-    through ensemble.save_spec."""
+    through ensemble.save_spec. `manifest_id`: the models record they were trained on that manifest
+    (RUN's, written by prepare), as train's do."""
     import torch
     from alle_dist.models import registry as bb
     from alle_dist.ensemble import rule as ensemble
@@ -110,7 +111,7 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
         model = bb.create(name, len(classes), "none").eval()
         mean, std = bb.normalisation(model)
         meta = {"architecture": name, "classes": list(classes), "image_size": image_size,
-                "mean": list(mean), "std": list(std)}
+                "mean": list(mean), "std": list(std), **({"lineage": {"manifest": manifest_id}} if manifest_id else {})}
         model_dir = str(run_dir / "models" / name)
         modelio.save_model(model_dir, model, meta)
         dim = int(model.num_features)
