@@ -49,11 +49,11 @@ def half_referred(run_dir: str, src: str) -> float:
     return gamma
 
 
-def classify(run_dir: str, src: str, dst: str) -> int:
+def classify(run_dir: str, src: str, dst: str, *extra: str) -> int:
     from alle_dist.cli import main
 
     return main(["classify", "--run-dir", str(run_dir), "--input", str(src), "--output", str(dst),
-                 "--batch-size", "8", "--cpu-workers", "1"])
+                 "--batch-size", "8", "--cpu-workers", "1", *extra])
 
 
 def classified_table(tmp: Path, n: int = 24, size: int = 64, **run_kwargs) -> dict:

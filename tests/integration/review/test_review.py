@@ -140,8 +140,9 @@ def test_a_later_different_decision_wins_and_the_old_one_stays_in_history(table,
     later = H.decisions_csv(tmp_path / "2.csv", doc, label=lambda it: "unusable image", when="2026-02-02T10:00:00Z")
     older = H.decisions_csv(tmp_path / "0.csv", doc, label=lambda it: "Early", when="2026-01-01T10:00:00Z")
     assert import_(table, first) == 0 and import_(table, later) == 0 and import_(table, older) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert "(0 new, 2 changed)" in out[1] and "2 older than the recorded decision (kept)" in out[2]
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("review import")]
+    assert "(2 new, 0 changed)" in out[0] and "(0 new, 2 changed)" in out[1]
+    assert "2 older than the recorded decision (kept)" in out[2]
     t = reviews(table["dst"])
     now = {r["uri"]: r["label"] for r in t.to_pyarrow_table().to_pylist()}
     assert all(now[it["uri"]] == schema.UNUSABLE for it in doc["items"])
@@ -158,7 +159,7 @@ def test_bytes_changed_since_the_batch_are_refused(table, tmp_path, capsys):
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\x00")            # the same picture, other bytes: reclassified
-        assert H.classify(table["run"], table["src"], table["dst"]) == 0
+        assert H.classify(table["run"], table["src"], table["dst"], "--trust-size") == 0   # reads the changed file only
         f = H.decisions_csv(tmp_path / "d.csv", doc)
         capsys.readouterr()
         assert import_(table, f) == 0
@@ -166,7 +167,7 @@ def test_bytes_changed_since_the_batch_are_refused(table, tmp_path, capsys):
         assert "1 bytes changed since the batch" in line and "2 recorded" in line
     finally:
         path.write_bytes(original)
-        assert H.classify(table["run"], table["src"], table["dst"]) == 0
+        assert H.classify(table["run"], table["src"], table["dst"], "--trust-size") == 0
 
 
 def test_two_imports_at_once_lose_nothing(table, tmp_path):
@@ -226,7 +227,7 @@ def test_label_studio_export_round_trip(table, tmp_path, capsys):
 
 def test_ray_jobs_review_entrypoint_runs_the_same_stage(table, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "review.py"), "build", "--table", table["dst"],
-                          "--output", str(tmp_path / "b"), "--audit", "0", "--limit", "1"],
+                          "--output", str(tmp_path / "b"), "--audit", "1", "--limit", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "b" / "review.html").exists()
+    assert out.stdout.startswith("review build: ")
