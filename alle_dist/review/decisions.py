@@ -59,6 +59,15 @@ def read_csv(name: str, text: str) -> list[dict]:
     return [row(r, schema.PAGE) for r in reader]
 
 
+def to_csv(rows: list[dict]) -> bytes:
+    """Decisions as the page's CSV (what review.html exports; the demo's simulated reviewer writes it too)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, PAGE_COLUMNS, quoting=csv.QUOTE_ALL, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def row(raw: dict, source: str) -> dict:
     """One decision from a mapping of text fields."""
     clean = {k: (str(raw.get(k) or "").strip()) for k in PAGE_COLUMNS}
