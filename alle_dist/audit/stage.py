@@ -56,7 +56,8 @@ def run_counts(table: source.Table) -> list[dict]:
 def audit(dst: str, run_dir: str | None, confidence: float | None) -> dict:
     table = source.open_table(dst)
     guarantees, used = stated(table, run_dir)
-    level = confidence or (1 - float(guarantees["delta"]) if guarantees and guarantees.get("delta") else 0.95)
+    stated_level = 1 - float(guarantees["delta"]) if guarantees and guarantees.get("delta") else 0.95
+    level = confidence or stated_level
     reviews = source.reviews(table.uri).to_pylist()
     doc = core.audit(reviews, table.classes, guarantees, run_counts(table), level)
     return {"table": table.uri, "version": table.version, "model_sha256": table.model_sha256, "run_dir": used,

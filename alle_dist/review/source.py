@@ -61,8 +61,10 @@ def filtered(delta, columns: list[str], keep=None) -> pa.Table:
     names = list(dict.fromkeys(columns))
     batches = delta.to_pyarrow_dataset().to_batches(columns=names, batch_size=65_536)
     parts = [b if keep is None else b.filter(keep(b)) for b in batches]
-    schema_ = pa.schema([delta.schema().to_arrow().field(n) for n in names]) if not parts else parts[0].schema
-    return pa.Table.from_batches(parts, schema=schema_)
+    if not parts:   # no data files yet
+        full = pa.schema(delta.schema().to_arrow())
+        return pa.schema([full.field(n) for n in names]).empty_table()
+    return pa.Table.from_batches(parts, schema=parts[0].schema)
 
 
 def of_uris(uris):
