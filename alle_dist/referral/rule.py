@@ -28,7 +28,7 @@ REASON_WORDS = {
     "odd_image": "the field as a whole (focus, noise, stain colour, shapes) is unlike the training images",
     "unfamiliar": "the network's features are far from those of every training image",
     "disagreement": "the two networks disagree more than they ever did on the calibration images",
-    "low_confidence": "the ensemble is not confident enough (its top score is below γ)",
+    "low_confidence": "not confident enough: the ensemble's top weighted score is below γ",
 }
 SIGNALS = REFERRAL_SIGNALS
 DEFAULT_SIGNALS = TuneConfig.referral_signals
