@@ -3,7 +3,7 @@
 Precedence: the dataclass defaults < the stage's section of a YAML file (`--config FILE`) <
 the command line. Every stage saves the resolved config beside its outputs (`save_resolved`).
 A YAML section is named like the stage (`prepare:`, `segment:`, `augment:`, `train:`, `tune:`,
-`evaluate:`, `classify:`); an unknown key is an error that lists the valid ones, a value of the wrong
+`evaluate:`, `classify:`, `review:`, `audit:`); an unknown key is an error that lists the valid ones, a value of the wrong
 type an error that names it (`build` checks every value against the field's annotation).
 
 Command-line flags are generated from the fields (`add_flags`, `overrides`), so a flag and its YAML
@@ -219,9 +219,33 @@ class ClassifyConfig:
             _check(v is None or v >= (0 if name == "gpus" else 1), f"classify.{name}={v}: out of range")
 
 
+@dataclass(frozen=True)
+class ReviewConfig:
+    audit: int = 50                    # blind audit sample: accepted images drawn at random, stratified by class
+    limit: int | None = None           # at most this many referred images per batch (None = every one not reviewed)
+    seed: int | None = None            # the audit draw's seed; None = a fresh one (recorded in the batch)
+    image_px: int = 384                # longest side of the original field on the review page
+
+    def __post_init__(self):
+        _check(self.audit >= 0, f"review.audit={self.audit}: must be >= 0")
+        _check(self.limit is None or self.limit >= 0, f"review.limit={self.limit}: must be >= 0")
+        _check(64 <= self.image_px <= 2048, f"review.image_px={self.image_px}: must be in 64..2048")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    # Level of the intervals and tests; None = the rule's own (1 - δ from ensemble.json, else 0.95).
+    confidence: float | None = None
+
+    def __post_init__(self):
+        _check(self.confidence is None or 0 < self.confidence < 1,
+               f"audit.confidence={self.confidence}: must be in (0, 1), e.g. 0.95")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "prepare": PrepareConfig, "segment": SegmentConfig, "augment": AugmentConfig,
     "train": TrainConfig, "tune": TuneConfig, "evaluate": EvaluateConfig, "classify": ClassifyConfig,
+    "review": ReviewConfig, "audit": AuditConfig,
 }
 
 
@@ -238,6 +262,8 @@ class JobConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

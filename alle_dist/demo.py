@@ -42,8 +42,34 @@ def main(args: argparse.Namespace) -> int:
     _run("evaluate", ["--run-dir", run])
     out = storage.join(run, "classified")
     _run("classify", ["--run-dir", run, "--input", data, "--output", out])
+    review_loop(run, out, args.seed)
     print(summary(run, out, time.time() - t0))
     return 0
+
+
+def review_loop(run: str, out: str, seed: int) -> None:
+    """review build on the demo's table, decisions by a simulated haematologist who knows each image's
+    class folder (the synthetic labels), review import, audit."""
+    batch = storage.join(run, "review")
+    _run("review", ["build", "--table", out, "--output", batch, "--audit", 40, "--seed", seed])
+    if storage.exists(storage.join(batch, "batch.json")):
+        decisions = storage.join(run, "review", "decisions-simulated.csv")
+        storage.write_bytes(decisions, simulated_decisions(storage.read_json(storage.join(batch, "batch.json"))))
+        _run("review", ["import", "--table", out, "--decisions", decisions])
+    _run("audit", ["--table", out, "--output", storage.join(run, "audit")])
+
+
+def simulated_decisions(batch: dict) -> bytes:
+    """The CSV review.html would export, each image labelled with its class folder (a simulated reviewer)."""
+    import datetime as dt
+
+    from .review.decisions import to_csv
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    rows = [{"uri": it["uri"], "sha256": it["sha256"], "label": it["path"].replace("\\", "/").split("/")[-2],
+             "reviewer": "demo: simulated from the synthetic labels", "note": "", "decided_at": now,
+             "batch_id": batch["batch_id"]} for it in batch["items"]]
+    return to_csv([r for r in rows if r["label"] in batch["classes"]])
 
 
 def summary(run: str, out: str, seconds: float) -> str:
@@ -66,6 +92,8 @@ def summary(run: str, out: str, seconds: float) -> str:
         f"({referred / max(len(ok), 1):.1%})",
         f"  report                      {RunDir(run).report_file(RunDir.REPORT_HTML)}",
         f"  classification table        {out} (Delta Lake, one row per image uri)",
+        f"  review page / audit         {storage.join(run, 'review', 'review.html')} / "
+        f"{storage.join(run, 'audit', 'audit.html')}",
         f"  pipeline time               {seconds:.0f} s",
     ]
     return "\n".join(lines)

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import argparse
 
-from .config import (CONTROLS, ClassifyConfig, EvaluateConfig, PrepareConfig, SegmentConfig, TrainConfig, TuneConfig,
-                     TUNE_OBJECTIVES, add_flags)
+from .config import (CONTROLS, AuditConfig, ClassifyConfig, EvaluateConfig, PrepareConfig, ReviewConfig, SegmentConfig,
+                     TrainConfig, TuneConfig, TUNE_OBJECTIVES, add_flags)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def common(p: argparse.ArgumentParser) -> None:
-    """The flags every stage has."""
-    p.add_argument("--config", default=None, metavar="FILE.yaml",
+def common(p: argparse.ArgumentParser, default=None) -> None:
+    """The flags every stage has. A sub-command's copy passes default=argparse.SUPPRESS: argparse
+    copies a sub-parser's defaults over the values its parent parsed (`alle-dist review --config X
+    build` would lose X)."""
+    p.add_argument("--config", default=default, metavar="FILE.yaml",
                    help="YAML with per-stage sections; the command line overrides it")
-    p.add_argument("--num-cpus", type=int, default=None,
+    p.add_argument("--num-cpus", type=int, default=default,
                    help="CPUs of the local Ray started in-process (ignored when RAY_ADDRESS is set)")
-    p.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+    p.add_argument("--log-level", default=default, choices=LOG_LEVELS,
                    help="default: alle_dist's progress at INFO, Ray's own logs at WARNING (no Ray banners "
                         "or bars); INFO or DEBUG shows Ray's logs and progress bars too")
 
@@ -31,6 +33,8 @@ def prepare(p: argparse.ArgumentParser) -> None:
     """Catalogue the labelled images, hash and decode-check them, split without leakage."""
     p.add_argument("--data", required=True, metavar="SRC", help="folder or s3://bucket/prefix of <class>/<image> files")
     p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory (local or s3://) to write the manifest into")
+    p.add_argument("--reviews", default=None, metavar="DST",
+                   help="also the images reviewed into a class in DST's reviews table (`alle-dist review import`)")
     add_flags(p, PrepareConfig, {"seed": "split seed", "hash_workers": "Ray Data tasks for read + hash "
                                                                      "(default: cluster CPUs)"})
 
@@ -127,6 +131,46 @@ def classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-size", action="store_true",
                    help="on a rerun, skip inputs on size + mtime (local) or ETag (S3) without reading them "
                         "(default: re-read and compare sha256)")
+
+
+def review(p: argparse.ArgumentParser) -> None:
+    """Referred images (and a blind audit sample) to a haematologist, and their decisions back."""
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = sub.add_parser("build", help=review_build.__doc__, description=review_build.__doc__)
+    review_build(build)
+    common(build, argparse.SUPPRESS)
+    into = sub.add_parser("import", help=review_import.__doc__, description=review_import.__doc__)
+    review_import(into)
+    common(into, argparse.SUPPRESS)
+
+
+def review_build(p: argparse.ArgumentParser) -> None:
+    """A review batch from DST: a page that works from disk, Label Studio tasks, a batch manifest."""
+    p.add_argument("--table", required=True, metavar="DST", help="the classification table (local or s3://)")
+    p.add_argument("--output", required=True, metavar="DIR", help="local folder for review.html, label_studio/, batch.json")
+    p.add_argument("--run-dir", default=None, metavar="RUN",
+                   help="the models DST was classified with (default: the run dir classify recorded in DST)")
+    add_flags(p, ReviewConfig, {"audit": "accepted images drawn at random (stratified by class) for the blind audit",
+                                "limit": "at most K referred images in this batch (default: every one not yet reviewed)",
+                                "seed": "seed of the audit draw (default: a fresh one, recorded in the batch)",
+                                "image_px": "longest side of the field on the page"},
+              extra={"limit": {"metavar": "K"}, "audit": {"metavar": "N"}, "seed": {"metavar": "S"}})
+
+
+def review_import(p: argparse.ArgumentParser) -> None:
+    """Record decisions (the page's CSV, a Label Studio JSON export) in DST's reviews table."""
+    p.add_argument("--table", required=True, metavar="DST", help="the classification table the batch came from")
+    p.add_argument("--decisions", required=True, nargs="+", metavar="FILE",
+                   help="decisions CSV from review.html, or a Label Studio JSON export (several allowed)")
+
+
+def audit(p: argparse.ArgumentParser) -> None:
+    """What the reviews say: error among accepted, referred outcomes, referral rate per run, with exact intervals."""
+    p.add_argument("--table", required=True, metavar="DST", help="the classification table (local or s3://)")
+    p.add_argument("--run-dir", default=None, metavar="RUN",
+                   help="for the stated bounds in ensemble.json (default: the run dir classify recorded in DST)")
+    p.add_argument("--output", default=None, metavar="DIR", help="folder for audit.json and audit.html (default: print only)")
+    add_flags(p, AuditConfig, {"confidence": "level of the intervals and tests (default: the rule's 1-δ)"})
 
 
 def demo(p: argparse.ArgumentParser) -> None:

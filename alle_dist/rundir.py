@@ -1,6 +1,7 @@
 """The run directory: the one place that knows its layout (local path or s3:// prefix).
 
     RUN/manifest.parquet            prepare: the catalogue and the split
+    RUN/manifests/<id>.parquet      a manifest that `prepare --reviews` replaced under trained models
     RUN/prepare_config.yaml
     RUN/models/<backbone>/          train: one ModelDir per backbone (see ModelDir)
     RUN/models/<backbone>__control-background/   train --control background (a shortcut control)
@@ -71,6 +72,7 @@ class RunDir:
     root: str
 
     MANIFEST = "manifest.parquet"
+    PREVIOUS_MANIFESTS = "manifests"
     ENSEMBLE = "ensemble.json"
     MODELS = "models"
     REPORT = "report"
@@ -91,6 +93,10 @@ class RunDir:
     @property
     def manifest(self) -> str:
         return self.file(self.MANIFEST)
+
+    def previous_manifest(self, manifest_id: str) -> str:
+        """Where a replaced manifest is kept, named by (the start of) its identity."""
+        return storage.join(self.root, self.PREVIOUS_MANIFESTS, f"{manifest_id[:16]}.parquet")
 
     @property
     def ensemble(self) -> str:

@@ -24,8 +24,15 @@ META_SEED = b"alle_dist.seed"
 META_NEAR_RADIUS = b"alle_dist.near_radius"   # Hamming radius of the near-duplicate groups
 META_MANIFEST_ID = b"alle_dist.manifest_sha256"   # the manifest's identity (prepare.manifest.manifest_id)
 
+# Where a manifest row came from: null = the SRC folder; REVIEW = an image a haematologist reviewed into
+# a class (`prepare --reviews DST`); its `path` is then the image's absolute URI.
+REVIEW = "review"
+# The manifest columns a reviewed image fills (null for images of SRC). Manifests written before
+# they existed lack them; prepare.manifest reads those as nulls and their identity is unchanged.
+MANIFEST_REVIEW_COLUMNS = ("source", "reviewer", "batch_id")
+
 MANIFEST_SCHEMA = pa.schema([
-    pa.field("path", pa.string(), nullable=False),        # relative to the source root, '/'-separated
+    pa.field("path", pa.string(), nullable=False),        # relative to the source root ('/'-separated), or a reviewed image's URI
     pa.field("label", pa.string(), nullable=False),       # the parent folder name
     pa.field("sha256", pa.string()),                      # null when the bytes could not be read
     pa.field("bytes", pa.int64()),
@@ -36,6 +43,9 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("split", pa.string()),                       # train / val / test; null for error rows
     pa.field("status", pa.string(), nullable=False),      # ok / error
     pa.field("error", pa.string()),                       # reason, for error rows
+    pa.field("source", pa.string()),                      # null: SRC; 'review': a reviewed image (REVIEW)
+    pa.field("reviewer", pa.string()),                    # a reviewed image's reviewer
+    pa.field("batch_id", pa.string()),                    # ... and the review batch it was decided in
 ])
 
 # DST/segment_report.parquet of `alle-dist segment`: one row per input image.
@@ -113,3 +123,40 @@ def classify_schema(classes: list[str], backbones: list[str]) -> pa.Schema:
 WEIGHTS_TYPE = pa.map_(pa.string(), pa.float32())
 THRESHOLDS_TYPE = pa.map_(pa.string(), pa.float32())
 
+
+# ---------------------------------------------------------------- reviews (DST/_alle_dist/reviews)
+
+# Review labels besides the run's classes, and their words on the review page and in Label Studio.
+OTHER_CELL, UNUSABLE = "other_cell", "unusable"
+REVIEW_EXTRA_LABELS = {OTHER_CELL: "other cell type", UNUSABLE: "unusable image"}
+# Why an image is in a review batch: the ensemble referred it, or it is in the blind audit sample of
+# the images the ensemble accepted.
+REFERRED, AUDIT = "referred", "audit"
+REVIEW_KINDS = (REFERRED, AUDIT)
+# Where a decision was read from: the review page's CSV or a Label Studio JSON export.
+PAGE, LABEL_STUDIO = "page", "label_studio"
+
+
+def review_labels(classes) -> tuple[str, ...]:
+    """The review vocabulary of a run with these classes: each class, other_cell, unusable."""
+    return (*classes, *REVIEW_EXTRA_LABELS)
+
+
+# One current row per (uri, sha256): a haematologist's decision on those exact bytes. A later
+# decision on the same bytes replaces it (the earlier one stays in the table's history).
+REVIEWS_SCHEMA = pa.schema([
+    pa.field("uri", pa.string(), nullable=False),          # the classification row's key
+    pa.field("sha256", pa.string(), nullable=False),       # the bytes the reviewer saw
+    pa.field("label", pa.string(), nullable=False),        # review_labels(classes)
+    pa.field("reviewer", pa.string(), nullable=False),
+    pa.field("note", pa.string()),
+    pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("batch_id", pa.string(), nullable=False),     # DST/_alle_dist/batches/<batch_id>.json
+    pa.field("kind", pa.string(), nullable=False),         # REVIEW_KINDS
+    pa.field("model_sha256", pa.string()),                 # the classification row at batch time:
+    pa.field("model_label", pa.string()),                  #   the label it gave (a class or 'refer'),
+    pa.field("predicted_class", pa.string()),              #   the ensemble's argmax,
+    pa.field("refer_reason", pa.string()),                 #   why it was referred
+    pa.field("imported_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("source", pa.string(), nullable=False),       # PAGE or LABEL_STUDIO
+])

@@ -27,8 +27,8 @@ from ..config import ClassifyConfig, JobConfig
 from ..errors import StorageError
 from ..io import storage
 from ..models import inference
+from . import drift, planning
 from .listing import Listing, list_inputs, read_input_list
-from . import planning
 from .commit import Committer
 from .pipeline import Decider, build_dataset
 from .resolve import Models, read_spec, resolve_models
@@ -81,7 +81,7 @@ def setup(run_dir: str, src: str | None, dst: str, job_cfg: JobConfig, input_lis
                            f"{' '.join(schema.IMAGE_SUFFIXES)}")
     store.open(schema.classify_schema(list(models.spec.classes), list(models.spec.backbones)), identity(models))
     run = {"run_id": run_id or new_run_id(), "status": "running", "dst": store.uri, "started_at": utc_now(),
-           "src": storage.absolute(src) if src else None, "input_list": input_list,
+           "src": storage.absolute(src) if src else None, "input_list": input_list, "run_dir": run_dir,
            "trust_size": not job_cfg.classify.verify_sha256}
     return Job(models, read_spec(models, job_cfg), job_cfg.classify, store, found, itertools.chain([first], chunks),
                run, start_ray)
@@ -185,6 +185,8 @@ def _finish(job: Job, committer: Committer, status: str, **extra) -> None:
     job.counts.update(committed=committer.committed, duplicates=job.counts["duplicates"] + committer.duplicates)
     job.run.update(job.counts, status=status, finished_at=utc_now(), commits=committer.commits,
                    conflicts=job.store.conflicts, skipped_names=dict(job.listing.skipped), **extra)
+    if status == "complete":    # the image rule's referral rate against its bound; one warning line when above
+        job.run["drift"] = drift.check_run(job.store, job.models.spec, job.run["run_id"])
     try:
         job.store.record_run(job.run)
     except Exception as exc:  # noqa: BLE001

@@ -5,7 +5,8 @@ current version holds exactly one row per `uri`, the classification of that inpu
 bytes; Parquet data files, atomic commits, history = the table's versions. Any Delta reader
 (deltalake → pandas, polars.read_delta, ray.data.read_delta, Spark, DuckDB) sees exactly the
 current rows. alle_dist's own side files live under DST/_alle_dist/, which Delta readers never
-see (they follow the log), pyarrow's dataset discovery skips (`_` prefix) and VACUUM leaves alone:
+see (they follow the log), pyarrow's dataset discovery skips (`_` prefix) and VACUUM leaves alone
+(their layout: tables.SideDir):
   _alle_dist/runs/                  run records: a small companion Delta table (below)
   _alle_dist/classify_config.yaml   the resolved config (`side_path`)
 
@@ -27,8 +28,8 @@ Concurrency. Two jobs may write one DST at once. A MERGE reads the whole (unpart
 so a concurrent commit that added data makes deltalake refuse ours (CommitFailedError, "a
 concurrent transaction added new data"); `upsert` then reloads the table and runs the MERGE
 again (it is idempotent) with jittered exponential backoff, up to `max_attempts` times, then
-fails with one line. A lost race never loses or duplicates rows: each commit is applied to the
-version it read, or not at all.
+fails with one line (tables.commit_with_retry, shared with the reviews table). A lost race never
+loses or duplicates rows: each commit is applied to the version it read, or not at all.
   Locally, deltalake commits by an atomic rename-if-absent of the next log file. On S3 the same
 guarantee needs put-if-absent: delta-rs 1.x writes the log file with a conditional PUT
 (`If-None-Match: *`, object_store's `conditional_put=etag`, which S3 has supported since
@@ -54,9 +55,7 @@ import datetime as dt
 import getpass
 import json
 import os
-import random
 import socket
-import time
 import uuid
 from typing import Iterator
 
@@ -66,10 +65,11 @@ import pyarrow.compute as pc
 from ..constants import SECRET_ENV_VARS
 from ..errors import ConfigError, StorageError
 from ..io import storage
+from ..tables import SideDir, commit_with_retry, storage_options
+from .. import tables
 
 KEY = "uri"
 REQUIRED = ("uri", "sha256", "bytes", "status")
-SIDE_DIR = "_alle_dist"              # alle_dist's own files inside DST; invisible to Delta readers
 CONF_MODEL = "alle_dist.model_sha256"
 CONF_IDENTITY = "alle_dist.identity"
 COMMIT_KEY = "alle_dist.run"
@@ -92,20 +92,6 @@ def who() -> str:
     except (KeyError, OSError):   # no passwd entry / no USER in a container
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
-
-
-def storage_options(uri: str) -> dict[str, str] | None:
-    """deltalake storage options for `uri`: endpoint, region and safety flags, never a credential."""
-    if not storage.is_s3(uri):
-        return None
-    opts = {"conditional_put": "etag", "AWS_S3_ALLOW_UNSAFE_RENAME": "false",
-            "AWS_REGION": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        opts["AWS_ENDPOINT_URL"] = endpoint
-        if endpoint.startswith("http://"):
-            opts["AWS_ALLOW_HTTP"] = "true"   # object_store refuses plain HTTP otherwise
-    return opts
 
 
 class ResultStore:
@@ -152,7 +138,7 @@ class ResultStore:
         bucket, _, prefix = self.uri[len("s3://"):].partition("/")
         if self._s3_has_objects(bucket, prefix) and not self._is_delta():
             raise StorageError(self._not_delta_message())
-        probe = storage.join(self.uri, SIDE_DIR, f".probe-{uuid.uuid4().hex[:8]}")
+        probe = SideDir(self.uri).file(f".probe-{uuid.uuid4().hex[:8]}")
         try:
             storage.write_bytes(probe, b"")
             storage.delete(probe)
@@ -184,7 +170,7 @@ class ResultStore:
         return res.get("KeyCount", 0) > 0
 
     def _is_delta(self) -> bool:
-        return _load(self.uri, self.options) is not None
+        return tables.load(self.uri, self.options) is not None
 
     def _not_delta_message(self) -> str:
         old = storage.exists(storage.join(self.uri, "_manifest.json"))
@@ -253,7 +239,7 @@ class ResultStore:
 
     def side_path(self, name: str) -> str:
         """Where alle_dist keeps a side file (e.g. classify_config.yaml) inside DST."""
-        return storage.join(self.uri, SIDE_DIR, name)
+        return SideDir(self.uri).file(name)
 
     # ------------------------------------------------------------ writing
 
@@ -264,25 +250,17 @@ class ResultStore:
         concurrent commit (see the module docstring); StorageError after `max_attempts`.
         """
         from deltalake import CommitProperties
-        from deltalake.exceptions import CommitFailedError, DeltaError
 
         self._require_open()
         batch = self._conform(batch)
         meta = {COMMIT_KEY: _stamp(run, self.model_sha256, rows=batch.num_rows)}
         _refuse_secrets(meta)
         props = CommitProperties(custom_metadata=meta)
-        for attempt in range(self.max_attempts):
-            try:
-                self._table.update_incremental()
-                return self._merge(batch, props)
-            except CommitFailedError:
-                self.conflicts += 1
-                time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-            except (OSError, DeltaError) as exc:   # disk full, network after the client's retries: nothing committed
-                raise StorageError(f"{self.uri}: commit failed ({storage.first_line(exc)}); nothing of this "
-                                   "batch was committed; fix the cause and rerun") from None
-        raise StorageError(f"{self.uri}: {self.max_attempts} commits in a row conflicted with concurrent "
-                           "writers; rerun (what was committed is kept)")
+        return commit_with_retry(self._table, lambda: self._merge(batch, props), self.uri, self.max_attempts,
+                                 self._conflicted)
+
+    def _conflicted(self) -> None:
+        self.conflicts += 1
 
     def _merge(self, batch: pa.Table, props) -> dict:
         return (self._table.merge(batch, f"t.{KEY} = s.{KEY}", source_alias="s", target_alias="t",
@@ -326,7 +304,7 @@ class ResultStore:
 
     def runs(self) -> list[dict]:
         """Each run's latest record (a dict, with `status` and `at`), in order of first record."""
-        table = _load(self._runs_uri(), self.options)
+        table = tables.load(self._runs_uri(), self.options)
         if table is None:
             return []
         t = table.to_pyarrow_table(columns=["run_id", "recorded_at", "record"]).sort_by("recorded_at")
@@ -336,30 +314,12 @@ class ResultStore:
         return list(latest.values())
 
     def _runs_uri(self) -> str:
-        return storage.join(self.uri, SIDE_DIR, "runs")
+        return SideDir(self.uri).runs
 
     def _require_open(self):
         if self._table is None:
             raise RuntimeError("ResultStore.open(schema, identity) first")
         return self._table
-
-
-def _load(uri: str, options: dict | None):
-    """The Delta table at `uri`, or None where there is none.
-
-    Not DeltaTable.is_deltatable: in deltalake 1.6 it holds the GIL during its S3 requests, which
-    stalls every other Python thread of the process (and deadlocks an in-process S3 server).
-    """
-    from deltalake import DeltaTable
-    from deltalake.exceptions import DeltaError, TableNotFoundError
-
-    try:
-        return DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        return None
-    except (DeltaError, OSError) as exc:
-        raise StorageError(f"{uri}: can't be read as a Delta table ({storage.first_line(exc)}); check the "
-                           "path, the network and the AWS credentials") from None
 
 
 def _stamp(run: dict, model_sha256: str | None, **extra) -> dict:

@@ -120,8 +120,9 @@ def model_view(rgb: np.ndarray, prep) -> np.ndarray:
     return rgb if prep is None else preprocess(rgb, prep.image_size, prep.segment)[0]
 
 
-def _cams(run_dir: str, backbone: str, views: np.ndarray, targets) -> np.ndarray | None:
-    """Grad-CAM maps of the trained model for its own views of the images, for the classes it gave."""
+def member_cams(run_dir: str, backbone: str, views: np.ndarray, targets) -> np.ndarray | None:
+    """Grad-CAM maps of the trained model for its own views of the images, for the classes it gave
+    (None, logged, when the model can't be loaded; the review page uses it too)."""
     from ..models import gradcam
 
     try:
@@ -146,7 +147,7 @@ def build(run_dir: str, data, outputs: dict, spec, caps: dict[str, int] = CAPS) 
         # Each model's own view: the sizes (or the segmentation) of the members may differ.
         views[b] = [model_view(images[i], preps[b]) for i in rows]
         if rows and len({v.shape for v in views[b]}) == 1:
-            maps = _cams(run_dir, b, np.stack(views[b]), outputs[b].pred[rows])
+            maps = member_cams(run_dir, b, np.stack(views[b]), outputs[b].pred[rows])
             if maps is not None:
                 cams[b] = dict(zip(rows, maps))
     first = dict(zip(rows, views[spec.backbones[0]]))

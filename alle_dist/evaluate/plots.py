@@ -10,23 +10,23 @@ import numpy as np
 DPI = 150
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
 def plot_confusion(name: str, m: dict, classes) -> bytes:
     """Counts and row percentages; the last column is the referrals."""
-    plt = _plt()
+    plt = pyplot()
     counts, pct = np.array(m["confusion"]["counts"]), np.array(m["confusion"]["percent"])
     fig, ax = plt.subplots(figsize=(6, 4.8))
     ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
@@ -37,11 +37,11 @@ def plot_confusion(name: str, m: dict, classes) -> bytes:
         ax.text(j, i, f"{v}\n{pct[i, j]:.1f} %", ha="center", va="center", fontsize=9,
                 color="white" if pct[i, j] > 60 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{name}: confusion matrix (counts, % of row)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_roc(name: str, m: dict) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.8))
     for c, r in m["roc"].items():
         if r["auc"] is not None:
@@ -49,11 +49,11 @@ def plot_roc(name: str, m: dict) -> bytes:
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{name}: ROC, one class vs the rest")
     ax.legend(loc="lower right", fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_coverage_risk(models: dict) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11, 4.8))
     for name, m in models.items():
         cr = m["coverage_risk"]
@@ -61,13 +61,13 @@ def plot_coverage_risk(models: dict) -> bytes:
     ax.set(xlabel="coverage (share of images labelled, most confident first)",
            ylabel="risk (error rate among the labelled)", title="Coverage and risk")
     ax.legend(fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_reliability(models: dict) -> bytes:
     """Accuracy against confidence per bin, before and after temperature scaling; under each panel
     the number of images per bin (log scale), so a point resting on three images reads as such."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 6.8), sharex=True, sharey="row",
@@ -97,7 +97,7 @@ def plot_reliability(models: dict) -> bytes:
     axes[0, 0].set_ylabel("accuracy in the bin")
     axes[1, 0].set_ylabel("images per bin")
     axes[0, 0].set_xlim(0, 1)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_set(doc: dict) -> list[tuple[str, str, bytes]]:

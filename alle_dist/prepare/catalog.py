@@ -21,7 +21,11 @@ ORIGINAL_DIR, SEGMENTED_DIR = "Original", "Segmented"
 
 
 def image_uri(source: str, rel_path: str) -> str:
-    """The full local path or s3:// URI of a manifest `path` under its source root."""
+    """Where a manifest `path` is: the local path or s3:// URI of a path under the source root; a
+    reviewed image's path is its absolute URI already (file:// or s3://) and passes through (as
+    the local path of a file:// URI). Every reader of a manifest image asks this function."""
+    if storage.is_s3(rel_path) or str(rel_path).startswith("file://"):
+        return storage.from_uri(rel_path)
     return storage.join(source, rel_path)
 
 
@@ -76,9 +80,10 @@ def _class_folders(src: str, prefix: str) -> list[str]:
 
 # ---------------------------------------------------------------- per-file check (pure)
 
-def check_file(source: str, rel: str, label: str) -> dict:
+def check_file(source: str, rel: str, label: str, reviewed_sha256: str | None = None) -> dict:
     """One manifest row (without groups / split): read, sha256, decode check, perceptual hash (of the
-    decoded pixels, for near-duplicate groups); never raises."""
+    decoded pixels, for near-duplicate groups); never raises. A reviewed image (`reviewed_sha256`:
+    the bytes the reviewer saw) whose bytes changed since is an error row: the label is not theirs."""
     row = {"path": rel, "label": label, "sha256": None, "bytes": None, "phash": None, "status": schema.OK,
            "error": None}
     if not label:
@@ -88,6 +93,8 @@ def check_file(source: str, rel: str, label: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - an unreadable file is an error row, not a crash
         return {**row, "status": schema.ERROR, "error": f"unreadable: {storage.first_line(exc)}"}
     row.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    if reviewed_sha256 is not None and row["sha256"] != reviewed_sha256:
+        return {**row, "status": schema.ERROR, "error": "changed since it was reviewed (sha256 differs)"}
     try:
         row["phash"] = neardup.to_int64(neardup.dct_hash(decode_rgb(data)))
     except DecodeError as exc:
@@ -95,7 +102,32 @@ def check_file(source: str, rel: str, label: str) -> dict:
     return row
 
 
+REVIEWED = "reviewed_sha256"    # the catalogue item key of a reviewed image's sha256 (review_items)
+
+
 def check_batch(batch: dict, source: str) -> dict:
-    """Ray Data batch (columns path, label) → manifest columns; bad files become error rows."""
-    rows = [check_file(source, str(p), str(c)) for p, c in zip(batch["path"], batch["label"])]
-    return {k: [r[k] for r in rows] for k in ("path", "label", "sha256", "bytes", "phash", "status", "error")}
+    """Ray Data batch (columns path, label; reviewed images also reviewed_sha256 and the review
+    columns) → manifest columns; bad files become error rows."""
+    n = len(batch["path"])
+    col = lambda k: list(batch[k]) if k in batch else [None] * n  # noqa: E731
+    rows = [check_file(source, str(p), str(c), s) for p, c, s in zip(batch["path"], batch["label"], col(REVIEWED))]
+    out = {k: [r[k] for r in rows] for k in ("path", "label", "sha256", "bytes", "phash", "status", "error")}
+    out.update({k: col(k) for k in schema.MANIFEST_REVIEW_COLUMNS})
+    return out
+
+
+def review_items(reviews, classes: list[str]) -> tuple[list[dict], dict[str, int]]:
+    """Catalogue items of the reviewed images (the reviews table's current rows, Arrow): per uri its
+    latest decision; those decided into one of `classes` become items (path = the URI), the rest
+    are counted by label (other_cell, unusable, a class SRC lacks)."""
+    latest: dict[str, dict] = {}
+    for r in sorted(reviews.to_pylist(), key=lambda r: (r["uri"], r["decided_at"])):
+        latest[r["uri"]] = r
+    items, left_out = [], {}
+    for uri, r in sorted(latest.items()):
+        if r["label"] not in classes:
+            left_out[r["label"]] = left_out.get(r["label"], 0) + 1
+            continue
+        items.append({"path": uri, "label": r["label"], REVIEWED: r["sha256"], "source": schema.REVIEW,
+                      "reviewer": r["reviewer"], "batch_id": r["batch_id"]})
+    return items, left_out

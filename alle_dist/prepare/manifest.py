@@ -1,7 +1,9 @@
 """RUN/manifest.parquet: built from catalogue rows (`manifest_table`) and read back (`read_manifest`).
 
 The table follows schema.MANIFEST_SCHEMA; its Parquet metadata records the source root the paths are
-relative to, the class list (JSON, sorted, index order) and the seed.
+relative to, the class list (JSON, sorted, index order) and the seed. Rows of reviewed images
+(`prepare --reviews`) carry their URI as `path` and fill schema.MANIFEST_REVIEW_COLUMNS; a manifest
+written before those columns existed reads with them null and keeps its identity.
 """
 from __future__ import annotations
 
@@ -32,7 +34,15 @@ def read_manifest(run: RunDir | str) -> tuple[pa.Table, str, list[str]]:
                                  "`alle-dist prepare`, or written by an older alle_dist); prepare a new --run-dir")
     source = meta[schema.META_SOURCE].decode()
     classes = json.loads(meta[schema.META_CLASSES])
-    return table, source, classes
+    return with_review_columns(table), source, classes
+
+
+def with_review_columns(table: pa.Table) -> pa.Table:
+    """The table with schema.MANIFEST_REVIEW_COLUMNS, null where an older manifest lacks them."""
+    for name in schema.MANIFEST_REVIEW_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(schema.MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 def manifest_table(rows: list[dict], source: str, seed: int, cfg: PrepareConfig) -> pa.Table:
@@ -44,7 +54,8 @@ def manifest_table(rows: list[dict], source: str, seed: int, cfg: PrepareConfig)
     near = neardup.near_groups(hashes, cfg.near_radius) if cfg.near_radius >= 0 else [-1] * len(rows)
     unit, reason = neardup.combine_groups(exact, near)
     splits = assign_splits(rows, unit, seed, cfg.test_fraction, cfg.val_fraction)
-    cols = {k: [r.get(k) for r in rows] for k in ("path", "label", "sha256", "bytes", "phash", "status", "error")}
+    cols = {k: [r.get(k) for r in rows] for k in ("path", "label", "sha256", "bytes", "phash", "status", "error",
+                                                   *schema.MANIFEST_REVIEW_COLUMNS)}
     cols.update(dup_group=exact, split_group=unit, group_reason=reason, split=splits)
     classes = sorted({r["label"] for r in rows if r["label"]})
     meta = {schema.META_SOURCE: str(source).encode(), schema.META_CLASSES: json.dumps(classes).encode(),
@@ -71,15 +82,21 @@ def mark_conflicting_labels(rows: list[dict]) -> list[dict]:
 
 
 def manifest_id(table: pa.Table) -> str:
-    """sha256 of what a manifest says (every row's path, label, bytes' hash, groups, split, status, and
-    the source, classes, seed and radius), independent of how Parquet encoded it."""
+    """sha256 of what a manifest says (every row's path, label, bytes' hash, groups, split, status, a
+    reviewed image's source, reviewer and batch, and the source, classes, seed and radius),
+    independent of how Parquet encoded it. A row's review columns enter only when it has them, so a
+    manifest from before they existed keeps the identity its models recorded."""
     h = hashlib.sha256()
     meta = table.schema.metadata or {}
     for key in (schema.META_SOURCE, schema.META_CLASSES, schema.META_SEED, schema.META_NEAR_RADIUS):
         h.update(key + b"=" + meta.get(key, b"") + b"\n")
-    names = [f.name for f in schema.MANIFEST_SCHEMA]
+    table = with_review_columns(table)
+    review = list(schema.MANIFEST_REVIEW_COLUMNS)
+    names = [f.name for f in schema.MANIFEST_SCHEMA if f.name not in review] + review
+    base = len(names) - len(review)
     for batch in table.select(names).to_batches(max_chunksize=65536):
         for row in zip(*(batch.column(n).to_pylist() for n in names)):
+            row = row if any(v is not None for v in row[base:]) else row[:base]
             h.update(json.dumps(row, separators=(",", ":")).encode() + b"\n")
     return h.hexdigest()
 

@@ -18,6 +18,7 @@ from ..config import AugmentConfig, SegmentConfig
 from ..imaging.model_input import control_input, preprocess
 from ..io import storage
 from ..io.images import decode_rgb
+from ..prepare.catalog import image_uri
 
 
 # ---------------------------------------------------------------- augmentation (pure)
@@ -82,7 +83,7 @@ class _LoadBatch:
         torch.set_num_threads(1)  # one image at a time per task; parallelism comes from Ray
         images, fracs = [], []
         for path, idx in zip(batch["path"], batch["idx"]):
-            rgb, frac = load_image(storage.read_bytes(storage.join(self.source, str(path))), self.image_size,
+            rgb, frac = load_image(storage.read_bytes(image_uri(self.source, str(path))), self.image_size,
                                    self.seg, self.control)
             if self.transform is not None:
                 seed = None if self.seed is None else self.seed * 1_000_003 + int(idx)

@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..io import storage
-from ..models import feature_distance, field_stats, inference, preprocessing, provenance
-from ..models import persistence
+from ..models import feature_distance, field_stats, inference, persistence, preprocessing, provenance
+from ..prepare.catalog import image_uri
 from ..rundir import ModelDir
 
 
@@ -38,7 +38,7 @@ def _inference_rows(splits: dict[str, pa.Table], source: str, classes: list[str]
     index = {c: i for i, c in enumerate(classes)}
     def one(split: str, t: pa.Table) -> pa.Table:
         paths = t.column("path").to_pylist()
-        return pa.table({"uri": pa.array([storage.to_uri(storage.join(source, p)) for p in paths], pa.string()),
+        return pa.table({"uri": pa.array([storage.to_uri(image_uri(source, p)) for p in paths], pa.string()),
                          "path": pa.array(paths, pa.string()), "split": pa.array([split] * len(paths), pa.string()),
                          "label": pa.array([index[c] for c in t.column("label").to_pylist()], pa.int64())})
     return pa.concat_tables([one(s, t) for s, t in splits.items()])

@@ -9,14 +9,12 @@ gallery, a manifest over real smear images); `evaluate.stage.evaluate_run` does 
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import pytest
 
 import helpers_report as H
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT_COPY = Path("/tmp/report-screenshot.png")
 N_TEST = 48
 
@@ -29,24 +27,6 @@ def _evaluated_run(tmp: Path) -> Path:
     run = H.gallery_run(tmp, N_TEST)
     stage.evaluate_run(str(run), EvaluateConfig())
     return run
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-    yield driver
-    driver.quit()
 
 
 def _full_page_png(driver) -> bytes:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "alle_dist"
 # Lower first: the foundation, the shared pieces, then the stages in the order data moves.
-LAYERS = [("errors", "schema", "constants"), ("io",), ("config",), ("rundir", "runtime", "progress"), ("imaging",), ("models",),
-          ("referral", "testing"), ("prepare",), ("segment",), ("train",), ("ensemble",), ("tune",), ("evaluate",),
-          ("classify",), ("flags",), ("cli",), ("demo",)]
+LAYERS = [("errors", "schema", "constants"), ("io",), ("config",), ("rundir", "tables", "runtime", "progress"),
+          ("imaging",), ("models",), ("referral", "testing"), ("prepare",), ("segment",), ("train",), ("ensemble",),
+          ("tune",), ("evaluate",), ("classify",), ("review",), ("audit",), ("flags",), ("cli",), ("demo",)]
 # The Hugging Face Hub names its weights file like ours: the registry asks the Hub for that file.
 HUB_NAMES = {"model.safetensors": ("models/registry.py",)}
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

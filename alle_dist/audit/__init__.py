@@ -1,0 +1,1 @@
+"""Stage `audit`: what the reviews say about the production model, as numbers with exact intervals."""
