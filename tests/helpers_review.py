@@ -18,15 +18,15 @@ PAGE_COLUMNS = ("uri", "sha256", "label", "reviewer", "note", "decided_at", "bat
 def confidences(run_dir: str, src: str) -> np.ndarray:
     """The ensemble's confidence on every image of src, Ray-free (classify's own core, in one process)."""
     import pyarrow as pa
-    from alle_dist.classify import pipeline, plan, todo
+    from alle_dist.classify import pipeline, planning, resolve
     from alle_dist.classify.listing import list_inputs
     from alle_dist.config import JobConfig
     from alle_dist.models import inference
 
     listed = pa.concat_tables(list(list_inputs(src)))
-    rows = todo.plan_chunk(listed, todo.empty_index(False), False).todo
-    models = plan.resolve_models(run_dir)
-    out = pipeline.Classifier(models, "probe")(inference.read_batch(rows, plan.read_spec(models, JobConfig())))
+    rows = planning.plan_chunk(listed, planning.empty_index(False), False).todo
+    models = resolve.resolve_models(run_dir)
+    out = pipeline.Classifier(models, "probe")(inference.read_batch(rows, resolve.read_spec(models, JobConfig())))
     return np.array([c for c in out.column("confidence").to_pylist() if c is not None])
 
 
