@@ -91,10 +91,11 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
 
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
-                 referral: dict | None = None, image_stats: bool = True) -> Path:
+                 referral: dict | None = None, image_stats: bool = True, working_size: int | None = 224) -> Path:
     """A real run directory: tiny untrained timm models saved through models.persistence, OOD statistics
     fitted with feature_distance.fit on random features and field_stats.fit on smear images, ensemble.json
-    through weighted.save_spec."""
+    through weighted.save_spec. working_size None: models of the original read path (trained before it
+    was recorded)."""
     import torch
     from alle_dist.config import SegmentConfig
     from alle_dist.ensemble import weighted
@@ -105,7 +106,7 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     rng = np.random.default_rng(seed)
     for name in backbones:
         model = registry.create(name, len(classes), "none").eval()
-        prep = preprocessing.Preprocessing(image_size, *registry.normalisation(model), SegmentConfig())
+        prep = preprocessing.Preprocessing(image_size, *registry.normalisation(model), SegmentConfig(), working_size)
         meta = preprocessing.record({"architecture": name, "classes": list(classes)}, prep)
         model_dir = str(run_dir / "models" / name)
         persistence.save_model(model_dir, model, meta)

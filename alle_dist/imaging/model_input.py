@@ -32,6 +32,11 @@ from .hsv import Components, apply_mask, hsv_components, hsv_mask, mask_fraction
 # works at its own input size), and the size the original path computed the statistics at.
 WORKING_SIZE = 224
 STATS_SIZE = 224
+# A JPEG is decoded at reduced scale to at least DECODE_MARGIN x the working size on both sides, then
+# area-resized: at 1/8 scale (the DCT's DC term alone) the texture statistics of a 5 MP field moved
+# by up to 0.9 of their spread over the shared images, at 1/4 by 0.2 (docs/classify.md#the-read-path).
+# Part of the recorded path's definition: changing it changes what every recorded model reads.
+DECODE_MARGIN = 2
 
 
 class WorkingField:
@@ -65,9 +70,15 @@ class Prepared:
 
 def from_bytes(data: bytes, image_size: int, seg: SegmentConfig | None, working_size: int | None = None,
                max_pixels: int = MAX_PIXELS) -> Prepared:
-    """Image bytes → model input: the decode (at reduced scale where the working size allows, refusing
-    the same files as io.images.decode_rgb: DecodeError) and `preprocess`. Every stage reads through it."""
-    return preprocess(decode_rgb(data, max_pixels, working_size), image_size, seg, working_size)
+    """Image bytes → model input: `decode`, then `preprocess`. Every stage reads through it."""
+    return preprocess(decode(data, working_size, max_pixels), image_size, seg, working_size)
+
+
+def decode(data: bytes, working_size: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The field as the read path decodes it: a JPEG much larger than the working size at 1/2, 1/4 or
+    1/8 scale (io.images.draft_scale), anything else at full size; refuses the files
+    io.images.decode_rgb refuses, for the same reasons (DecodeError)."""
+    return decode_rgb(data, max_pixels, DECODE_MARGIN * working_size if working_size else None)
 
 
 def preprocess(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None,

@@ -15,9 +15,8 @@ from torchvision.transforms.v2 import functional as F
 
 from .. import schema
 from ..config import AugmentConfig, SegmentConfig
-from ..imaging.model_input import control_input, from_bytes
+from ..imaging.model_input import control_input, decode, from_bytes
 from ..io import storage
-from ..io.images import decode_rgb
 
 
 # ---------------------------------------------------------------- augmentation (pure)
@@ -56,7 +55,7 @@ def load_image(data: bytes, image_size: int, seg: SegmentConfig | None,
     the read path every stage shares (imaging.model_input.from_bytes); with control "background" (the
     shortcut control): the field with the cells seg would keep removed."""
     if control is not None:
-        return control_input(decode_rgb(data, min_side=working_size), image_size, seg or SegmentConfig(), working_size)
+        return control_input(decode(data, working_size), image_size, seg or SegmentConfig(), working_size)
     prepared = from_bytes(data, image_size, seg, working_size)
     return prepared.image, prepared.mask_fraction
 
