@@ -28,8 +28,9 @@ from ..constants import MAX_PIXELS
 from ..io.images import decode_rgb
 from .hsv import Components, apply_mask, hsv_components, hsv_mask, mask_fraction, remove_cells
 
-# The working resolution of segmentation and field statistics for new models (a model larger than it
-# works at its own input size), and the size the original path computed the statistics at.
+# The working resolution of segmentation and field statistics of new models (the public dataset's
+# field size; a model with a larger input gets it resized from this), and the size the original path
+# computed the statistics at.
 WORKING_SIZE = 224
 STATS_SIZE = 224
 # A JPEG is decoded at reduced scale to at least DECODE_MARGIN x the working size on both sides, then

@@ -118,13 +118,13 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
 def model_preprocessing(job_cfg, backbone: str) -> preprocessing.Preprocessing:
     """The one place training decides a backbone's input: size (the backbone's default unless
     train.image_size), its normalisation, the HSV segmentation unless train.segmented is off, and the
-    working resolution of segmentation and field statistics (imaging.model_input.WORKING_SIZE, or the
-    input size where that is larger)."""
+    working resolution of segmentation and field statistics (imaging.model_input.WORKING_SIZE for every
+    backbone, so that any ensemble's members share one read: AlexNet's 227² input is resized from it)."""
     train_cfg = job_cfg.train
     size = train_cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
     return preprocessing.Preprocessing(size, mean, std, job_cfg.segment if train_cfg.segmented else None,
-                                       working_size=max(WORKING_SIZE, size))
+                                       working_size=WORKING_SIZE)
 
 
 def loop_config(run: RunDir, job_cfg, backbone: str, classes: list[str], name: str, manifest_id: str,

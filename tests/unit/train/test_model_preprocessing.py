@@ -40,9 +40,9 @@ def test_the_working_size_is_recorded_and_a_record_without_one_is_the_original_p
         preprocessing.read(meta)
 
 
-def test_a_model_larger_than_the_working_size_works_at_its_own():
+def test_every_backbone_gets_the_same_working_size_so_any_ensemble_shares_one_read():
     job_cfg = config.job_config(None, train={"backbone": "test_resnet", "image_size": 320})
-    assert train_stage.model_preprocessing(job_cfg, "test_resnet").working_size == 320
+    assert train_stage.model_preprocessing(job_cfg, "test_resnet").working_size == 224
 
 
 def test_old_meta_still_reads_and_a_meta_without_any_record_is_refused():
