@@ -24,7 +24,7 @@ from alle_dist import schema
 from alle_dist.config import SegmentConfig
 from alle_dist.ensemble import split_probs
 from alle_dist.ensemble import weighted
-from alle_dist.imaging.model_input import preprocess as model_input
+from alle_dist.imaging.model_input import from_bytes
 from alle_dist.io import storage
 from alle_dist.rundir import RunDir
 from alle_dist.io.images import decode_rgb, encode_png
@@ -49,11 +49,12 @@ def split_images(run_dir: str, split: str, limit: int | None, seed: int) -> tupl
     return data, np.array([classes.index(r["label"]) for r in rows]), classes
 
 
-def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None,
+               working_size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pipeline's inputs: (uint8 N x S x S x 3, mask fractions, image statistics); OpenCV frees the GIL."""
     def one(d: bytes):
-        rgb = decode_rgb(d)
-        return (*model_input(rgb, size, seg), field_stats.features(rgb, seg))
+        p = from_bytes(d, size, seg, working_size)
+        return p.image, p.mask_fraction, field_stats.features_of(p.field)
 
     with ThreadPoolExecutor() as ex:
         out = list(ex.map(one, data))
@@ -70,9 +71,9 @@ def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int)
     for b in backbones:
         mdir = RunDir(run_dir).model(b).root
         pred, stats = Predictor(mdir, device), _ood_stats(mdir)
-        seg = preprocessing.read(pred.meta).segment    # the model's own, as recorded when it was trained
-        key = (pred.image_size, seg)
-        x, frac, feats = cache[key] if key in cache else cache.setdefault(key, preprocess(data, pred.image_size, seg))
+        prep = preprocessing.read(pred.meta)    # the model's own, as recorded when it was trained
+        key = (pred.image_size, prep.segment, prep.working_size)
+        x, frac, feats = cache[key] if key in cache else cache.setdefault(key, preprocess(data, *key))
         outs = [pred(x[i:i + batch]) for i in range(0, len(x), batch)]
         probs[b] = np.concatenate([o["probs"] for o in outs]).astype(np.float64)
         scores[b] = feature_distance.score(np.concatenate([o["features"] for o in outs]), stats).astype(np.float64)

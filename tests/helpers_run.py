@@ -91,11 +91,13 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
 
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
-                 referral: dict | None = None, image_stats: bool = True, manifest_id: str | None = None) -> Path:
+                 referral: dict | None = None, image_stats: bool = True, manifest_id: str | None = None,
+                 working_size: int | None = 224) -> Path:
     """A real run directory: tiny untrained timm models saved through models.persistence, OOD statistics
     fitted with feature_distance.fit on random features and field_stats.fit on smear images, ensemble.json
     through weighted.save_spec. `manifest_id`: the models record they were trained on that manifest
-    (RUN's, written by prepare), as train's do."""
+    (RUN's, written by prepare), as train's do. working_size None: models of the original read path
+    (trained before it was recorded)."""
     import torch
     from alle_dist.config import SegmentConfig
     from alle_dist.ensemble import weighted
@@ -106,7 +108,7 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     rng = np.random.default_rng(seed)
     for name in backbones:
         model = registry.create(name, len(classes), "none").eval()
-        prep = preprocessing.Preprocessing(image_size, *registry.normalisation(model), SegmentConfig())
+        prep = preprocessing.Preprocessing(image_size, *registry.normalisation(model), SegmentConfig(), working_size)
         meta = preprocessing.record({"architecture": name, "classes": list(classes),
                                      **({"lineage": {"manifest": manifest_id}} if manifest_id else {})}, prep)
         model_dir = str(run_dir / "models" / name)

@@ -49,14 +49,19 @@ def read_spec(models: Models, job_cfg: JobConfig) -> inference.ReadSpec:
     """The models' own preprocessing (models.preprocessing, read from their meta.json): segmented
     unless trained on originals; the largest input size (the Predictor resizes on the device for a
     backbone that wants less)."""
-    preps = [preprocessing.read(m) for m in models.metas.values()]
-    segs = {p.segment for p in preps}
+    preps = {b: preprocessing.read(m) for b, m in models.metas.items()}
+    segs = {p.segment for p in preps.values()}
     if len(segs) > 1:
         raise ConfigError(f"{models.run_dir}: the ensemble's models were trained with different segmentation "
                           "settings; retrain them with one `segment:` config")
+    working = {p.working_size for p in preps.values()}
+    if len(working) > 1:   # one read per image serves every model: no silent mix of read paths
+        older = sorted(b for b, p in preps.items() if p.working_size is None) or sorted(preps)
+        raise ConfigError(f"{models.run_dir}: the ensemble's models read images differently (working sizes "
+                          f"{sorted(working, key=str)}); retrain {', '.join(older)} with `alle-dist train --retrain`")
     stats = any(field_stats.has_stats(load_ood_stats(models, b)) for b in models.spec.backbones)
-    return inference.ReadSpec(image_size=max(p.image_size for p in preps), segment=segs.pop(),
-                              max_pixels=job_cfg.classify.max_pixels, image_stats=stats)
+    return inference.ReadSpec(image_size=max(p.image_size for p in preps.values()), segment=segs.pop(),
+                              max_pixels=job_cfg.classify.max_pixels, image_stats=stats, working_size=working.pop())
 
 
 def load_ood_stats(models: Models, backbone: str) -> dict | None:

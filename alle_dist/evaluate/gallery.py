@@ -92,11 +92,14 @@ def chosen(data, outputs: dict, spec, caps: dict[str, int] = CAPS) -> dict[str, 
     return {kind: idx[: caps.get(kind, len(idx))] for kind, idx in sel.items()}
 
 
-def _read(source: str, rel: str) -> np.ndarray | None:
+def _read(source: str, rel: str) -> bytes | None:
+    """The image's bytes, once they have been seen to decode (each model's view decodes them its own way)."""
     from ..prepare.catalog import image_uri
 
     try:
-        return decode_rgb(storage.read_bytes(image_uri(source, rel)))
+        data = storage.read_bytes(image_uri(source, rel))
+        decode_rgb(data)
+        return data
     except (OSError, StorageError, DecodeError) as exc:
         log.warning("report gallery: %s left out (%s)", rel, exc)
         return None
@@ -113,11 +116,12 @@ def _preprocessing(run_dir: str, backbone: str):
         return None
 
 
-def model_view(rgb: np.ndarray, prep) -> np.ndarray:
-    """The image as a model with preprocessing `prep` saw it (segmented, resized); as stored without one."""
-    from ..imaging.model_input import preprocess
+def model_view(data: bytes, prep) -> np.ndarray:
+    """The image as a model with preprocessing `prep` saw it (the read path every stage shares:
+    segmented, resized); as stored without one."""
+    from ..imaging.model_input import from_bytes
 
-    return rgb if prep is None else preprocess(rgb, prep.image_size, prep.segment)[0]
+    return decode_rgb(data) if prep is None else from_bytes(data, prep.image_size, prep.segment, prep.working_size).image
 
 
 def member_cams(run_dir: str, backbone: str, views: np.ndarray, targets) -> np.ndarray | None:

@@ -227,6 +227,7 @@ def _identity(run_dir: str, name: str) -> dict:
     prep = preprocessing.read(meta)
     return {"architecture": meta["architecture"], "model id": persistence.model_id(meta),
             "image size": f"{prep.image_size} px", "input": "HSV-segmented" if prep.segment else "original",
+            "read at": f"{prep.working_size}² (working size)" if prep.working_size else "full resolution (original path)",
             "pretrained": meta.get("pretrained", "?"), "trained with": _versions(meta.get("versions"))}
 
 

@@ -7,6 +7,8 @@ for the shortcut control: the kept cells inpainted away, only background and red
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -16,6 +18,38 @@ from ..config import SegmentConfig
 def hsv_mask(rgb: np.ndarray, cfg: SegmentConfig, hsv: np.ndarray | None = None) -> np.ndarray:
     """Binary uint8 mask (0 / 255) of the pixels inside the HSV interval, cleaned up; pass `hsv`
     (cv2.COLOR_RGB2HSV of rgb) when the caller has it already."""
+    mask = _interval(rgb, cfg, hsv)
+    return components(mask, cfg.min_component_px).mask if cfg.min_component_px > 0 else mask
+
+
+@dataclass(frozen=True)
+class Components:
+    """A cleaned mask with its 8-connected components, so that a caller that measures them (the field
+    statistics' object count and shape) needs no second labelling pass."""
+    mask: np.ndarray       # uint8 0 / 255, the components smaller than min_px dropped
+    labels: np.ndarray     # int32 labels of the components before the drop (0: background)
+    areas: np.ndarray      # pixels per label; 0 for the background and for every dropped component
+
+
+def hsv_components(rgb: np.ndarray, cfg: SegmentConfig, hsv: np.ndarray | None = None) -> Components:
+    """hsv_mask and its components (Components.mask == hsv_mask(rgb, cfg, hsv))."""
+    return components(_interval(rgb, cfg, hsv), cfg.min_component_px)
+
+
+def components(mask: np.ndarray, min_px: int) -> Components:
+    """mask's 8-connected components, those under min_px pixels dropped (red-cell rims, debris)."""
+    # Grana's block-based labelling: ~3x faster with the statistics than OpenCV's default (Spaghetti)
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_GRANA)
+    areas = stats[:, cv2.CC_STAT_AREA].copy()
+    areas[0] = 0
+    if min_px > 0 and (areas[1:] < min_px).any():
+        areas[areas < min_px] = 0
+        mask = np.take(np.where(areas > 0, 255, 0).astype(np.uint8), labels)   # a lookup per label: one gather
+    return Components(mask, labels, areas)
+
+
+def _interval(rgb: np.ndarray, cfg: SegmentConfig, hsv: np.ndarray | None) -> np.ndarray:
+    """The pixels inside the HSV interval, opened and closed (no component filter yet)."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV) if hsv is None else hsv
     mask = cv2.inRange(hsv, np.array(cfg.hsv_lower, np.uint8), np.array(cfg.hsv_upper, np.uint8))
     if cfg.open_kernel > 1:
@@ -24,24 +58,20 @@ def hsv_mask(rgb: np.ndarray, cfg: SegmentConfig, hsv: np.ndarray | None = None)
     if cfg.close_kernel > 1:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close_kernel, cfg.close_kernel))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k)
-    if cfg.min_component_px > 0:
-        mask = _drop_small_components(mask, cfg.min_component_px)
     return mask
-
-
-def _drop_small_components(mask: np.ndarray, min_px: int) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_px
-    return np.where(keep[labels], 255, 0).astype(np.uint8)
 
 
 def segment_image(rgb: np.ndarray, cfg: SegmentConfig = SegmentConfig()) -> tuple[np.ndarray, np.ndarray]:
     """(masked image, mask): pixels outside the mask set to cfg.background."""
     mask = hsv_mask(rgb, cfg)
-    out = np.full_like(rgb, cfg.background)
-    np.copyto(out, rgb, where=mask[:, :, None].astype(bool))
-    return out, mask
+    return apply_mask(rgb, mask, cfg.background), mask
+
+
+def apply_mask(rgb: np.ndarray, mask: np.ndarray, background: int) -> np.ndarray:
+    """rgb where mask is set, `background` elsewhere (a new array)."""
+    out = np.full_like(rgb, background)
+    cv2.copyTo(rgb, mask, out)    # ~40x faster than numpy's copyto with a broadcast boolean mask
+    return out
 
 
 def remove_cells(rgb: np.ndarray, mask: np.ndarray, grow: float = 0.02, radius: int = 3) -> np.ndarray:

@@ -7,8 +7,10 @@ noise, contrast, the stain's hue and strength, the illumination, the background'
 size and shape of the stained objects. Every training image comes from one lab's microscope and
 stain, so these numbers sit in a tight cloud, and a field from elsewhere falls outside it.
 
-`features(rgb, seg)` → one float32 vector per image (FEATURES names its entries), computed on the
-field resized to STATS_SIZE² so archives of any resolution compare with the training images.
+`features_of(field)` → one float32 vector per image (FEATURES names its entries), computed on the
+field at the model's working resolution (imaging.model_input: 224² for every model so far, so archives
+of any resolution compare with the training images) from the HSV and mask its model input used;
+`features(rgb, seg)` the same on a STATS_SIZE² copy of a decoded field.
 `fit(train_features)` → a Gaussian model of the training fields (standardised, Ledoit-Wolf
 shrunk, as models.feature_distance with one class); `score(features, stats)` → squared Mahalanobis distance,
 higher = less like the training fields. Bulk classification and training call the same
@@ -20,11 +22,10 @@ import cv2
 import numpy as np
 
 from ..config import SegmentConfig
-from ..imaging.hsv import hsv_mask
-from ..imaging.model_input import resize_square
+from ..imaging.hsv import Components
+from ..imaging.model_input import STATS_SIZE, WorkingField, resize_square
 from . import feature_distance
 
-STATS_SIZE = 224
 FEATURES = (
     "sharpness", "noise", "gradient",                       # focus, sensor noise, texture
     "hue_cos", "hue_sin", "sat_mean", "sat_std", "val_mean", "val_std",   # stain and illumination
@@ -35,47 +36,61 @@ FEATURES = (
 PREFIX = "image_"   # key prefix of these statistics inside a model's ood.safetensors
 # Immerkær's noise estimator: the Laplacian difference kernel cancels smooth image content.
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+# cos and sin of each OpenCV hue (0..179 = 0..360°), the float32 values a per-pixel cos / sin gave
+_ANGLE = np.arange(180, dtype=np.float32) * np.float32(2 * np.pi / 180)
+_COS_SIN = np.stack([np.cos(_ANGLE), np.sin(_ANGLE)]).astype(np.float64)
+_LEVELS = np.arange(256, dtype=np.float64)
 
 
-def _hue(h: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
-    """Weighted circular mean of OpenCV hue (0..179) as (cos, sin): red sits at both ends of the range."""
-    a = h.astype(np.float32) * np.float32(2 * np.pi / 180)
-    total = float(weight.sum()) + 1e-6
-    return float((np.cos(a) * weight).sum() / total), float((np.sin(a) * weight).sum() / total)
+def _hue(hsv: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """Saturation-weighted circular mean of OpenCV hue as (cos, sin) (red sits at both ends of the
+    range), over the pixels of mask (all without one). From the joint hue × saturation histogram:
+    one counting pass instead of a float copy, a cos and a sin per pixel."""
+    hist = cv2.calcHist([hsv], [0, 1], mask, [180, 256], [0, 180, 0, 256])
+    sat_by_hue = hist.astype(np.float64) @ _LEVELS
+    cos, sin = _COS_SIN @ sat_by_hue / (sat_by_hue.sum() + 1e-6)
+    return float(cos), float(sin)
 
 
 def _texture(grey: np.ndarray) -> list[float]:
-    lap = cv2.Laplacian(grey, cv2.CV_32F).var()
-    sigma = np.abs(cv2.filter2D(grey, -1, _NOISE_KERNEL)[1:-1, 1:-1]).mean() * np.sqrt(np.pi / 2) / 6
-    grad = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)).mean()
+    """Focus (variance of the Laplacian), noise (Immerkær's σ) and mean gradient of a uint8 grey field."""
+    lap = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))[1][0, 0] ** 2
+    noise = cv2.filter2D(grey, cv2.CV_32F, _NOISE_KERNEL)[1:-1, 1:-1]
+    sigma = cv2.norm(noise, cv2.NORM_L1) / noise.size * np.sqrt(np.pi / 2) / 6
+    grad = cv2.mean(cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)))[0]
     return [float(np.log1p(lap)), float(np.log(sigma + 1e-2)), float(np.log1p(grad))]
 
 
-def _shape(mask: np.ndarray) -> list[float]:
-    """Count of stained objects, area share of the largest, and its solidity (area / convex hull area)."""
-    n, labels, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
+def _shape(parts: Components) -> list[float]:
+    """Count of stained objects, area share of the largest, and its solidity (area / convex hull area),
+    from the components the segmentation labelled (imaging.hsv.Components: no second labelling)."""
+    kept = np.flatnonzero(parts.areas)
+    if not len(kept):
         return [0.0, float(np.log(1e-3)), 0.0]
-    areas = st[1:, cv2.CC_STAT_AREA]
-    big = 1 + int(areas.argmax())
-    contours, _ = cv2.findContours((labels == big).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    big = int(parts.areas.argmax())   # the first of equal largest in label order, as a fresh labelling gives
+    largest = int(parts.areas[big])
+    contours, _ = cv2.findContours((parts.labels == big).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
-    return [float(np.log1p(n - 1)), float(np.log(areas.max() / mask.size + 1e-3)), float(areas.max() / max(hull, 1.0))]
+    return [float(np.log1p(len(kept))), float(np.log(largest / parts.mask.size + 1e-3)), float(largest / max(hull, 1.0))]
 
 
 def features(rgb: np.ndarray, seg: SegmentConfig | None = None) -> np.ndarray:
-    """FEATURES of one uint8 RGB field (any size), float32; `seg`: the model's segmentation (default HSV)."""
-    rgb = resize_square(rgb, STATS_SIZE)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    h, s, v = hsv[..., 0], hsv[..., 1].astype(np.float32), hsv[..., 2].astype(np.float32)
-    mask = hsv_mask(rgb, seg or SegmentConfig(), hsv)
-    kept = mask > 0
-    cells = [*_hue(h[kept], s[kept]), float(s[kept].mean()), float(v[kept].mean())] if kept.any() else [0.0] * 4
-    # cv2.mean with a mask: 10x faster than numpy's mean over a boolean-indexed copy
-    background = cv2.mean(rgb, mask=cv2.bitwise_not(mask))[:3] if not kept.all() else cv2.mean(rgb)[:3]
-    out = (_texture(grey) + [*_hue(h, s), float(s.mean()), float(s.std()), float(v.mean()), float(v.std())]
-           + [float(np.log(kept.mean() + 1e-3))] + cells + list(background) + _shape(mask))
+    """FEATURES of one uint8 RGB field (any size), float32, on its STATS_SIZE² copy; `seg`: the model's
+    segmentation (default HSV). The read path's own view: features_of(preprocess(...).field)."""
+    return features_of(WorkingField(resize_square(rgb, STATS_SIZE), seg or SegmentConfig()))
+
+
+def features_of(field: WorkingField) -> np.ndarray:
+    """FEATURES of a field at its working resolution, from the HSV and mask the model input used too.
+    OpenCV's reductions (accumulating in float64) where numpy's float32 ones were: the values agree
+    with those to float32 rounding (tests/unit/imaging/test_read_path_equality.py)."""
+    rgb, hsv, mask = field.rgb, field.hsv, field.mask
+    kept = cv2.countNonZero(mask)
+    mean, std = (v[:, 0] for v in cv2.meanStdDev(hsv))
+    cells = [*_hue(hsv, mask), *cv2.mean(hsv, mask=mask)[1:3]] if kept else [0.0] * 4
+    background = cv2.mean(rgb, mask=cv2.bitwise_not(mask))[:3] if kept < mask.size else cv2.mean(rgb)[:3]
+    out = (_texture(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)) + [*_hue(hsv, None), mean[1], std[1], mean[2], std[2]]
+           + [float(np.log(kept / mask.size + 1e-3))] + cells + list(background) + _shape(field.components))
     return np.asarray(out, np.float32)
 
 

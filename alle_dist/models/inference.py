@@ -23,9 +23,8 @@ from .. import schema
 from ..config import SegmentConfig
 from ..constants import MAX_PIXELS
 from ..errors import ConfigError, DecodeError, InputError, StorageError
-from ..imaging.model_input import preprocess
+from ..imaging.model_input import from_bytes
 from ..io import storage
-from ..io.images import decode_rgb
 from . import field_stats
 
 # Internal status of an input already classified with these bytes: it flows to the driver (so the
@@ -44,7 +43,8 @@ class ReadSpec:
     image_size: int
     segment: SegmentConfig | None = SegmentConfig()   # None: the models were trained unsegmented
     max_pixels: int = MAX_PIXELS
-    image_stats: bool = True      # compute imagestats.features (False: the models have no image statistics)
+    image_stats: bool = True      # compute field_stats features (False: the models have no image statistics)
+    working_size: int | None = None   # the models' (Preprocessing.working_size); None: the original path
 
 
 def read_input(uri: str) -> bytes:
@@ -73,7 +73,7 @@ def read_input(uri: str) -> bytes:
 
 def read_one(spec: ReadSpec, uri: str, size: int | None, done_sha256: str | None) -> dict:
     """One read row (see READ_COLUMNS); `image` is the raw HxWx3 uint8 bytes, b'' unless ok;
-    `image_stats` the original field's imagestats.features as float32 bytes (None unless ok)."""
+    `image_stats` the whole field's field_stats features as float32 bytes (None unless ok)."""
     row = {"uri": uri, "sha256": None, "bytes": size, "status": schema.OK, "error": None,
            "mask_fraction": None, "image_stats": None, "image": b""}
     try:
@@ -82,12 +82,11 @@ def read_one(spec: ReadSpec, uri: str, size: int | None, done_sha256: str | None
         if done_sha256 is not None and row["sha256"] == done_sha256:
             row["status"] = SKIP
             return row
-        rgb = decode_rgb(data, spec.max_pixels)
+        prepared = from_bytes(data, spec.image_size, spec.segment, spec.working_size, spec.max_pixels)
         del data
-        if spec.image_stats:   # of the original field, as training computes them
-            row["image_stats"] = field_stats.features(rgb, spec.segment).tobytes()
-        image, row["mask_fraction"] = preprocess(rgb, spec.image_size, spec.segment)
-        row["image"] = image.tobytes()
+        if spec.image_stats:   # of the whole field, as training computes them
+            row["image_stats"] = field_stats.features_of(prepared.field).tobytes()
+        row["image"], row["mask_fraction"] = prepared.image.tobytes(), prepared.mask_fraction
     except (InputError, DecodeError) as exc:
         row["status"], row["error"] = schema.ERROR, str(exc)
     return row

@@ -49,8 +49,8 @@ def member_targets(rows: list[dict], backbone: str, classes) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
-def read_field(row: dict) -> np.ndarray | str:
-    """The row's image decoded, or why it is left out (UNREADABLE / CHANGED)."""
+def read_field(row: dict) -> tuple[bytes, np.ndarray] | str:
+    """The row's image (its bytes, and decoded), or why it is left out (UNREADABLE / CHANGED)."""
     try:
         data = storage.read_bytes(storage.from_uri(row["uri"]))
     except (OSError, StorageError) as exc:
@@ -59,7 +59,7 @@ def read_field(row: dict) -> np.ndarray | str:
     if hashlib.sha256(data).hexdigest() != row["sha256"]:
         return CHANGED
     try:
-        return decode_rgb(data)
+        return data, decode_rgb(data)
     except DecodeError:
         return UNREADABLE
 
@@ -84,7 +84,7 @@ def _chunk(rows: list[dict], run_dir: str, metas: dict, classes, px: int, left: 
     views, maps = {}, {}
     for b, meta in metas.items():
         prep = preprocessing.read(meta)
-        views[b] = [gallery.model_view(fields[i], prep) for i in keep]
+        views[b] = [gallery.model_view(fields[i][0], prep) for i in keep]
         if keep:
             maps[b] = gallery.member_cams(run_dir, b, np.stack(views[b]), member_targets(kept_rows, b, classes))
     first = next(iter(metas))
@@ -92,7 +92,7 @@ def _chunk(rows: list[dict], run_dir: str, metas: dict, classes, px: int, left: 
     for k, i in enumerate(keep):
         cams = {b: m[k] for b, m in maps.items() if m is not None}
         item = gallery.gallery_item(views[first][k], rows[i]["uri"], "", {}, ("", 0.0), None, cams, MODEL_PX)
-        out[i] = {"field": data_uri(field_jpeg(fields[i], px), "image/jpeg"),
+        out[i] = {"field": data_uri(field_jpeg(fields[i][1], px), "image/jpeg"),
                   "input": data_uri(item["thumb"], "image/png"),
                   "cams": {b: data_uri(png, "image/png") for b, png in item["cams"].items()}}
     return out

@@ -15,9 +15,8 @@ from torchvision.transforms.v2 import functional as F
 
 from .. import schema
 from ..config import AugmentConfig, SegmentConfig
-from ..imaging.model_input import control_input, preprocess
+from ..imaging.model_input import control_input, decode, from_bytes
 from ..io import storage
-from ..io.images import decode_rgb
 from ..prepare.catalog import image_uri
 
 
@@ -52,12 +51,14 @@ def train_transform(cfg: AugmentConfig, image_size: int) -> v2.Compose:
 
 
 def load_image(data: bytes, image_size: int, seg: SegmentConfig | None,
-               control: str | None = None) -> tuple[np.ndarray, float]:
-    """Bytes → (segmented if seg, resized uint8 HxWx3, share of pixels the segmentation kept); with
-    control "background" (the shortcut control): the field with the cells seg would keep removed."""
+               control: str | None = None, working_size: int | None = None) -> tuple[np.ndarray, float]:
+    """Bytes → (segmented if seg, resized uint8 HxWx3, share of pixels the segmentation kept), through
+    the read path every stage shares (imaging.model_input.from_bytes); with control "background" (the
+    shortcut control): the field with the cells seg would keep removed."""
     if control is not None:
-        return control_input(decode_rgb(data), image_size, seg or SegmentConfig())
-    return preprocess(decode_rgb(data), image_size, seg)
+        return control_input(decode(data, working_size), image_size, seg or SegmentConfig(), working_size)
+    prepared = from_bytes(data, image_size, seg, working_size)
+    return prepared.image, prepared.mask_fraction
 
 
 def augment_image(rgb: np.ndarray, transform, seed: int | None) -> np.ndarray:
@@ -75,8 +76,10 @@ def augment_image(rgb: np.ndarray, transform, seed: int | None) -> np.ndarray:
 class _LoadBatch:
     """Ray Data UDF: rows (path, label, idx) → (path, label, image, mask_fraction)."""
 
-    def __init__(self, source: str, image_size: int, seg, aug, seed: int | None, control: str | None = None):
+    def __init__(self, source: str, image_size: int, seg, aug, seed: int | None, control: str | None = None,
+                 working_size: int | None = None):
         self.source, self.image_size, self.seg, self.seed, self.control = source, image_size, seg, seed, control
+        self.working_size = working_size
         self.transform = train_transform(aug, image_size) if aug is not None else None
 
     def __call__(self, batch: dict) -> dict:
@@ -84,7 +87,7 @@ class _LoadBatch:
         images, fracs = [], []
         for path, idx in zip(batch["path"], batch["idx"]):
             rgb, frac = load_image(storage.read_bytes(image_uri(self.source, str(path))), self.image_size,
-                                   self.seg, self.control)
+                                   self.seg, self.control, self.working_size)
             if self.transform is not None:
                 seed = None if self.seed is None else self.seed * 1_000_003 + int(idx)
                 rgb = augment_image(rgb, self.transform, seed)
@@ -96,7 +99,7 @@ class _LoadBatch:
 
 def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size: int,
                   seg: SegmentConfig | None, aug: AugmentConfig | None, seed: int | None = 0,
-                  batch_size: int = 32, control: str | None = None):
+                  batch_size: int = 32, control: str | None = None, working_size: int | None = None):
     """A Ray Data dataset of manifest rows (status ok) as model-ready uint8 images.
 
     Columns: path (str), label (int64, index in `classes`), image (uint8 HxWx3, image_size²),
@@ -104,6 +107,7 @@ def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size
     (seed, row position), so a dataset is reproducible and repeated rows get different
     augmentations; pass seed=None (or seed + epoch) for fresh augmentations on every pass.
     control "background": the shortcut control's images (load_image), mask_fraction = share removed.
+    working_size: the model's (models.preprocessing.Preprocessing.working_size; None = the original path).
     """
     import ray
 
@@ -111,6 +115,6 @@ def image_dataset(rows: pa.Table, source: str, classes: list[str], *, image_size
     index = {c: i for i, c in enumerate(classes)}
     items = [{"path": p, "label": index[c], "idx": i}
              for i, (p, c) in enumerate(zip(rows.column("path").to_pylist(), rows.column("label").to_pylist()))]
-    udf = _LoadBatch(source, image_size, seg, aug, seed, control)
+    udf = _LoadBatch(source, image_size, seg, aug, seed, control, working_size)
     ds = ray.data.from_items(items)
     return ds.map_batches(udf, batch_size=batch_size)

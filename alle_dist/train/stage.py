@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..errors import ConfigError
+from ..imaging.model_input import WORKING_SIZE
 from ..io import storage
 from ..models import persistence
 from ..models import preprocessing, provenance, registry
@@ -116,11 +117,14 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
 
 def model_preprocessing(job_cfg, backbone: str) -> preprocessing.Preprocessing:
     """The one place training decides a backbone's input: size (the backbone's default unless
-    train.image_size), its normalisation, and the HSV segmentation unless train.segmented is off."""
+    train.image_size), its normalisation, the HSV segmentation unless train.segmented is off, and the
+    working resolution of segmentation and field statistics (imaging.model_input.WORKING_SIZE for every
+    backbone, so that any ensemble's members share one read: AlexNet's 227² input is resized from it)."""
     train_cfg = job_cfg.train
     size = train_cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
-    return preprocessing.Preprocessing(size, mean, std, job_cfg.segment if train_cfg.segmented else None)
+    return preprocessing.Preprocessing(size, mean, std, job_cfg.segment if train_cfg.segmented else None,
+                                       working_size=WORKING_SIZE)
 
 
 def loop_config(run: RunDir, job_cfg, backbone: str, classes: list[str], name: str, manifest_id: str,
@@ -218,7 +222,7 @@ def train_backbone(run_dir: str, job_cfg, retrain: bool = False) -> dict:
         from .control import export_control
 
         meta = export_control(out, splits, source, classes, _dataset_segment(job_cfg, prep), prep.image_size,
-                              train_cfg.control)
+                              train_cfg.control, prep.working_size)
     else:
         meta = export_splits(out, splits, source, classes)
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
@@ -243,7 +247,7 @@ def _datasets(out: ModelDir, job_cfg, prep: preprocessing.Preprocessing, splits:
     log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", train_cfg.backbone,
              train_cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
     seg, cols = _dataset_segment(job_cfg, prep), ["image", "label"]
-    common = {"image_size": prep.image_size, "seg": seg, "control": train_cfg.control}
+    common = {"image_size": prep.image_size, "seg": seg, "control": train_cfg.control, "working_size": prep.working_size}
     return {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
         "train": augment.image_dataset(shuffled(balanced, train_cfg.seed), source, classes, aug=job_cfg.augment,
                                        seed=None, **common).select_columns(cols),

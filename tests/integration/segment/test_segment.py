@@ -88,17 +88,21 @@ def test_segment_stage_writes_images_masks_and_report_to_s3(ray_local, tmp_path,
     assert "segment_config.yaml" in outputs
 
 
-def test_training_and_bulk_classification_preprocess_identically(tmp_path):
-    """One preprocessing for train and classify: no training/serving skew in segmentation or resize."""
-    from alle_dist.io.images import encode_png
+@pytest.mark.parametrize("working_size", [None, 224])   # the original read path; the working one (reduced decode)
+def test_training_and_bulk_classification_preprocess_identically(tmp_path, working_size):
+    """One preprocessing for train and classify: no training/serving skew in decode, segmentation or resize."""
+    from PIL import Image
+
+    from alle_dist.io.images import encode_jpeg
     from alle_dist.models import inference as classify_io
     from alle_dist.testing.synthetic import draw_smear
     from alle_dist.train import augment
 
-    rgb = draw_smear("Pre", np.random.default_rng(3), size=300)
-    (tmp_path / "a.png").write_bytes(encode_png(rgb))
-    want, frac = augment.load_image(encode_png(rgb), 64, SegmentConfig())
-    spec = classify_io.ReadSpec(image_size=64, segment=SegmentConfig())
-    row = classify_io.read_one(spec, storage.path_to_uri(tmp_path / "a.png"), (tmp_path / "a.png").stat().st_size, None)
+    rgb = np.asarray(Image.fromarray(draw_smear("Pre", np.random.default_rng(3), size=300)).resize((1200, 900)))
+    data = encode_jpeg(rgb, 90)
+    (tmp_path / "a.jpg").write_bytes(data)
+    want, frac = augment.load_image(data, 64, SegmentConfig(), working_size=working_size)
+    spec = classify_io.ReadSpec(image_size=64, segment=SegmentConfig(), working_size=working_size)
+    row = classify_io.read_one(spec, storage.path_to_uri(tmp_path / "a.jpg"), len(data), None)
     assert row["status"] == "ok" and abs(row["mask_fraction"] - frac) < 1e-9
     assert np.frombuffer(row["image"], np.uint8).reshape(64, 64, 3).tobytes() == want.tobytes()

@@ -6,6 +6,7 @@ import hashlib
 import os
 
 import pyarrow as pa
+import pytest
 from alle_dist import schema
 from alle_dist.config import SegmentConfig
 from alle_dist.io import storage
@@ -14,17 +15,18 @@ from alle_dist.models import inference
 from helpers_run import write_bad_inputs, write_images
 
 
-def _spec(size=32):
-    return inference.ReadSpec(image_size=size, segment=SegmentConfig())
+def _spec(size=32, working_size=None):
+    return inference.ReadSpec(image_size=size, segment=SegmentConfig(), working_size=working_size)
 
 
 def _uri(root, rel) -> str:
     return storage.path_to_uri(root / rel)
 
 
-def test_every_bad_input_is_an_error_row_with_its_reason(tmp_path):
+@pytest.mark.parametrize("working_size", [None, 224])   # the original read path and the working one
+def test_every_bad_input_is_an_error_row_with_its_reason(tmp_path, working_size):
     expected = write_bad_inputs(tmp_path)
-    spec = _spec()
+    spec = _spec(working_size=working_size)
     for rel, err in expected.items():
         row = inference.read_one(spec, _uri(tmp_path, rel), (tmp_path / rel).stat().st_size, None)
         if err is None:   # PNG / TIFF / greyscale / CMYK / 16-bit: decoded and classified

@@ -15,7 +15,6 @@ from alle_dist.ensemble import weighted
 from alle_dist.evaluate import gallery, page
 from alle_dist.evaluate.metrics import model_outputs
 from alle_dist.io import storage
-from alle_dist.io.images import decode_rgb
 from alle_dist.models import preprocessing
 from alle_dist.rundir import RunDir
 
@@ -47,7 +46,7 @@ def test_each_image_as_the_model_saw_it_with_a_map_per_backbone(run):
     prep = preprocessing.read(storage.read_json(RunDir(str(run)).model(H.MEMBERS[0]).meta))
     source = run.parent / "src"
     for item in (it for items in gal.values() for it in items):
-        view = gallery.model_view(decode_rgb((source / item["path"]).read_bytes()), prep)
+        view = gallery.model_view((source / item["path"]).read_bytes(), prep)
         thumb = _png(item["thumb"])
         assert thumb.shape == (64, 64, 3) and np.array_equal(thumb, view)      # segmented and resized
         assert (thumb == 0).all(-1).mean() > 0.3                               # the pale background masked out
