@@ -44,6 +44,13 @@ disabled deltalake 1.6 refuses to commit at all ("PutMode::Create when condition
 disabled not yet implemented"): there is no unsafe S3 path left. An S3-compatible store that
 ignores If-None-Match would still be unsafe (object_store can't tell).
 
+Damage and loss. A newest `_delta_log` commit file that is torn (0 bytes, or not JSON: a crash on a
+filesystem without atomic writes, a bad copy) reads in deltalake 1.6 as an empty commit, i.e. the
+table as of an older state, silently: `_check_log` refuses it when the table is opened, before any
+work. A DST deleted while a job runs is said as such (`deleted`), and its orphan data files are
+removed so the same command can start over (`drop_orphans`). Reading goes through pyarrow's own
+filesystem (`native_filesystem`), never deltalake's Python file handler (see there).
+
 Credentials: the storage options hold only the endpoint, the region and the two flags above;
 deltalake reads keys from the standard AWS environment / chain itself. Run records and commit
 metadata are refused if they contain the value of an AWS key variable of this environment.
@@ -55,6 +62,7 @@ import getpass
 import json
 import os
 import random
+import shutil
 import socket
 import time
 import uuid
@@ -62,6 +70,7 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from ..errors import ConfigError, StorageError
 from ..io import storage
@@ -74,6 +83,8 @@ CONF_IDENTITY = "alle_dist.identity"
 COMMIT_KEY = "alle_dist.run"
 _CHANGED = ("(t.sha256 IS DISTINCT FROM s.sha256) OR (t.bytes IS DISTINCT FROM s.bytes)"
             " OR (t.status IS DISTINCT FROM s.status)")
+_STALE_STAMP = ("t.sha256 = s.sha256 AND ((t.mtime_ns IS DISTINCT FROM s.mtime_ns)"
+                " OR (t.etag IS DISTINCT FROM s.etag))")
 _SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 RUNS_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
@@ -214,6 +225,7 @@ class ResultStore:
             self.uri, keyed, mode="ignore", configuration=conf, raise_if_key_not_exists=False,
             description="alle_dist bulk classification: one current row per input uri",
             storage_options=self.options)
+        _check_log(self.uri, self._table)
         self._check_identity(schema)
 
     def _check_identity(self, schema: pa.Schema) -> None:
@@ -249,7 +261,7 @@ class ResultStore:
 
     def _dataset(self):
         self._require_open().update_incremental()
-        return self._table.to_pyarrow_dataset()
+        return self._table.to_pyarrow_dataset(filesystem=native_filesystem(self.uri))
 
     def side_path(self, name: str) -> str:
         """Where alle_dist keeps a side file (e.g. classify_config.yaml) inside DST."""
@@ -264,25 +276,57 @@ class ResultStore:
         concurrent commit (see the module docstring); StorageError after `max_attempts`.
         """
         from deltalake import CommitProperties
-        from deltalake.exceptions import CommitFailedError, DeltaError
 
         self._require_open()
         batch = self._conform(batch)
         meta = {COMMIT_KEY: _stamp(run, self.model_sha256, rows=batch.num_rows)}
         _refuse_secrets(meta)
         props = CommitProperties(custom_metadata=meta)
+        return self._retrying(lambda: self._merge(batch, props))
+
+    def _retrying(self, merge) -> dict:
+        """Run `merge` on the newest version; again after a conflicting concurrent commit."""
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
         for attempt in range(self.max_attempts):
             try:
                 self._table.update_incremental()
-                return self._merge(batch, props)
+                return merge()
             except CommitFailedError:
                 self.conflicts += 1
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
             except (OSError, DeltaError) as exc:   # disk full, network after the client's retries: nothing committed
-                raise StorageError(f"{self.uri}: commit failed ({storage.first_line(exc)}); nothing of this "
+                raise StorageError(f"{self.uri}: commit failed ({self._why(exc)}); nothing of this "
                                    "batch was committed; fix the cause and rerun") from None
         raise StorageError(f"{self.uri}: {self.max_attempts} commits in a row conflicted with concurrent "
                            "writers; rerun (what was committed is kept)")
+
+    def _why(self, exc: BaseException) -> str:
+        """A failed write's cause in words: deltalake says "Generic LocalFileSystem error" for ENOSPC."""
+        text = storage.first_line(exc)
+        if storage.is_s3(self.uri):
+            return text
+        if any(k in text for k in ("No space left", "os error 28", "ENOSPC")) or _nearly_full(self.uri):
+            return f"no space left on the device holding {self.uri}: {text}"
+        return text
+
+    def refresh_stamps(self, stamps: pa.Table, run: dict) -> int:
+        """Store the listed mtime_ns / ETag of inputs that were re-read and found unchanged (`stamps`:
+        uri, sha256, mtime_ns, etag; --trust-size), so later runs skip them without reading. One MERGE
+        that sets only those two columns, and only where the stored sha256 is the one just read: a
+        new table version whose rows' classifications are unchanged. Returns the rows refreshed."""
+        from deltalake import CommitProperties
+
+        if not stamps.num_rows:
+            return 0
+        props = CommitProperties(custom_metadata={COMMIT_KEY: _stamp(run, self.model_sha256, refreshed=stamps.num_rows)})
+        src = stamps.select(["uri", "sha256", "mtime_ns", "etag"])
+        metrics = self._retrying(lambda: (
+            self._table.merge(src, f"t.{KEY} = s.{KEY}", source_alias="s", target_alias="t",
+                              streamed_exec=False, commit_properties=props)
+            .when_matched_update({"mtime_ns": "s.mtime_ns", "etag": "s.etag"}, predicate=_STALE_STAMP)
+            .execute()))
+        return int(metrics.get("num_target_rows_updated", 0))
 
     def _merge(self, batch: pa.Table, props) -> dict:
         return (self._table.merge(batch, f"t.{KEY} = s.{KEY}", source_alias="s", target_alias="t",
@@ -310,6 +354,8 @@ class ResultStore:
         """Append one run record (needs run_id and status: running / complete / interrupted / failed)."""
         from deltalake import write_deltalake
 
+        if self.deleted():   # writing it would create DST/_alle_dist again: the rerun would be refused
+            return
         rec = _stamp(run, self.model_sha256)
         _refuse_secrets(rec)
         row = {"run_id": str(rec["run_id"]), "status": str(rec["status"]), "who": rec["who"],
@@ -321,7 +367,7 @@ class ResultStore:
             write_deltalake(self._runs_uri(), pa.Table.from_pylist([row], schema=RUNS_SCHEMA), mode="append",
                             storage_options=self.options)
         except (OSError, DeltaError) as exc:   # disk full, network: one line, like a failed commit
-            raise StorageError(f"{self.uri}: the run record could not be written ({storage.first_line(exc)}); "
+            raise StorageError(f"{self.uri}: the run record could not be written ({self._why(exc)}); "
                                "fix the cause and rerun") from None
 
     def runs(self) -> list[dict]:
@@ -329,11 +375,31 @@ class ResultStore:
         table = _load(self._runs_uri(), self.options)
         if table is None:
             return []
-        t = table.to_pyarrow_table(columns=["run_id", "recorded_at", "record"]).sort_by("recorded_at")
+        t = (table.to_pyarrow_dataset(filesystem=native_filesystem(self._runs_uri()))
+             .to_table(columns=["run_id", "recorded_at", "record"]).sort_by("recorded_at"))
         latest: dict[str, dict] = {}
         for rid, rec in zip(t.column("run_id").to_pylist(), t.column("record").to_pylist()):
             latest[rid] = json.loads(rec)   # dicts keep first-insertion order: a run's first record
         return list(latest.values())
+
+    # ------------------------------------------------------------ a DST deleted while a job runs
+
+    def deleted(self) -> bool:
+        """True when the table this store opened has no log any more (DST was deleted meanwhile)."""
+        return self._table is not None and not storage.exists(storage.join(self.uri, "_delta_log"))
+
+    def drop_orphans(self) -> None:
+        """Remove the data files a MERGE wrote into a deleted DST before its commit failed (no log
+        refers to them, no reader sees them), and DST itself when that leaves it empty: the same
+        command then starts over in an empty DST instead of being refused as "not a Delta table"."""
+        if not self.deleted():
+            return
+        fs, base = storage.resolve(self.uri)
+        for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
+                fs.delete_file(info.path)
+        if not storage.is_s3(self.uri) and os.path.isdir(base) and not os.listdir(base):
+            os.rmdir(base)
 
     def _runs_uri(self) -> str:
         return storage.join(self.uri, SIDE_DIR, "runs")
@@ -354,12 +420,73 @@ def _load(uri: str, options: dict | None):
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
     try:
-        return DeltaTable(uri, storage_options=options)
+        table = DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
         return None
     except (DeltaError, OSError) as exc:
         raise StorageError(f"{uri}: can't be read as a Delta table ({storage.first_line(exc)}); check the "
                            "path, the network and the AWS credentials") from None
+    _check_log(uri, table)
+    return table
+
+
+def _check_log(uri: str, table) -> None:
+    """Refuse a table whose newest commit file is torn: deltalake 1.6 reads a 0-byte commit as one
+    without actions and skips nothing else, so the table would silently read as an older state and
+    the next MERGE would build on it (rows of inputs no longer listed would vanish)."""
+    version = table.version()
+    commit = storage.join(uri, "_delta_log", f"{version:020d}.json")
+    try:
+        data = storage.read_bytes(commit)
+    except FileNotFoundError:   # a log cleaned up down to a checkpoint: deltalake checked that
+        return
+    if _is_commit(data):
+        return
+    raise StorageError(
+        f"{commit}: the Delta table's newest commit is torn ({len(data)} bytes, not a complete JSON commit), so "
+        f"the table would read as an older state; nothing was done. Restore that file from a backup, or, if no "
+        f"job is writing to {uri}, delete that one file (the table then reads as version {version - 1}; run "
+        "classify again to redo what that commit held)")
+
+
+def _is_commit(data: bytes) -> bool:
+    try:
+        actions = [json.loads(line) for line in data.splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return bool(actions) and all(isinstance(a, dict) and a for a in actions)
+
+
+def native_filesystem(uri: str) -> pafs.FileSystem:
+    """pyarrow's own filesystem rooted at the table `uri`, for `DeltaTable.to_pyarrow_dataset(filesystem=…)`.
+
+    Not deltalake's default, a pyarrow PyFileSystem around its Python DeltaStorageHandler: Arrow's
+    scan threads drop the scan's last reference to that Python object a moment after to_table()
+    returns; when that races the interpreter's exit, Python (≤ 3.13) ends the thread with
+    pthread_exit inside a C++ destructor and the process aborts ("terminate called without an
+    active exception", exit 134; about half of the runs of a short reader script with deltalake
+    1.6.6 + pyarrow 26). pyarrow's LocalFileSystem / S3FileSystem hold no Python object."""
+    fs, path = storage.resolve(uri)
+    return pafs.SubTreeFileSystem(path, fs)
+
+
+def read_results(uri: str, columns: list[str] | None = None, version: int | None = None) -> pa.Table:
+    """The current rows of a classify DST (or those of `version`): docs/classify.md's reader."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(storage.absolute(uri).rstrip("/"), version=version, storage_options=storage_options(uri))
+    return table.to_pyarrow_dataset(filesystem=native_filesystem(uri)).to_table(columns=columns)
+
+
+def _nearly_full(path: str) -> bool:
+    """The local device holding `path` has less than 1 MiB (or 1 %) free."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        usage = shutil.disk_usage(path or "/")
+    except OSError:
+        return False
+    return usage.free < max(1 << 20, usage.total // 100)
 
 
 def _stamp(run: dict, model_sha256: str | None, **extra) -> dict:

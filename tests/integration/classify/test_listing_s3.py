@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alle_dist.classify.listing import list_inputs, read_input_list
+from alle_dist.classify.input_list import read_input_list
+from alle_dist.classify.listing import list_inputs
 from alle_dist.errors import StorageError
 
 # > 1000 keys in one "folder" (moto, like S3, pages at 1000) and a few levels of nesting.
