@@ -181,8 +181,3 @@ class SeenUris:
         while self._levels and len(self._levels[-1]) <= 2 * len(new):
             new = np.sort(np.concatenate([self._levels.pop(), new]))
         self._levels.append(new)
-
-    def skipped_summary(self) -> str:
-        """'12 .webp, 3 .txt' (most frequent first); '' when nothing was skipped."""
-        ranked = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
-        return ", ".join(f"{n} {ext}" for ext, n in ranked)

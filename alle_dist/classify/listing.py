@@ -81,6 +81,11 @@ class Listing:
             if keep.any():
                 yield table.filter(pa.array(keep))
 
+    def skipped_summary(self) -> str:
+        """'12 .webp, 3 .txt' (most frequent first); '' when nothing was skipped."""
+        ranked = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{n} {ext}" for ext, n in ranked)
+
 
 def list_inputs(src: str, *, suffixes: tuple[str, ...] = schema.IMAGE_SUFFIXES,
                 chunk_rows: int = CHUNK_ROWS, workers: int = S3_WORKERS) -> Listing:
