@@ -12,7 +12,6 @@ from ..config import JobConfig
 from ..ensemble import lineage as ens_lineage
 from ..ensemble import rule as ensemble
 from ..errors import ConfigError
-from ..io import storage
 from ..models import field_stats, inference, preprocessing
 from ..models import files as model_files
 from ..rundir import RunDir
@@ -32,10 +31,10 @@ def resolve_models(run_dir: str) -> Models:
     """Load the spec and check every model file's sha256 and the ensemble's lineage now, in the driver
     (ModelIntegrityError, StaleArtifactError)."""
     spec = ensemble.load_spec(run_dir)
-    ens_lineage.check(RunDir(run_dir), storage.read_json(RunDir(run_dir).ensemble))
+    ens_lineage.check(RunDir(run_dir), ensemble.read_doc(run_dir))
     metas, hashes = {}, {}
     for b in spec.backbones:
-        _, meta = model_files.load_state(RunDir(run_dir).model(b).root)   # reads + checks the weights' sha256
+        meta = model_files.check_files(RunDir(run_dir).model(b).root)   # the weights' and OOD stats' sha256
         if tuple(meta["classes"]) != spec.classes:
             raise ConfigError(f"{RunDir(run_dir).model(b).root}: classes {meta['classes']} differ from "
                               f"the ensemble's {list(spec.classes)}; rerun `alle-dist tune`")

@@ -14,7 +14,6 @@ from .. import config as config_mod
 from ..ensemble import lineage as ens_lineage
 from ..ensemble import probs as probs_mod
 from ..ensemble import rule as ensemble
-from ..io import storage
 from ..rundir import RunDir
 from .metrics import ENSEMBLE, control_summary, guarantee_rows, model_metrics, model_outputs, table3
 
@@ -27,7 +26,7 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
 
     run = RunDir(run_dir)
     spec = ensemble.load_spec(run_dir)
-    now = ens_lineage.check(run, storage.read_json(run.ensemble))   # nothing stale behind ensemble.json
+    now = ens_lineage.check(run, ensemble.read_doc(run_dir))   # nothing stale behind ensemble.json
     data = probs_mod.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
@@ -45,7 +44,7 @@ def evaluate_run(run_dir: str, cfg: config_mod.EvaluateConfig) -> dict:
                         "temperatures": list(spec.temperatures)},
            "table3": table3(data, spec), "models": models,
            "lineage": {"ensemble": ens_lineage.ensemble_sha256(run), **now}}
-    doc["guarantees"] = guarantee_rows(data, spec, storage.read_json(run.ensemble).get("guarantees"))
+    doc["guarantees"] = guarantee_rows(data, spec, ensemble.read_doc(run_dir).get("guarantees"))
     if controls:
         doc["control"] = _control(run_dir, controls[0], models)
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)

@@ -193,7 +193,7 @@ def train_backbone(run_dir: str, jcfg, retrain: bool = False) -> dict:
     if retrain and storage.exists(out.root):
         storage.delete(out.root)
     elif is_finished(out):
-        meta = model_files.read_meta(out.root)
+        meta = model_files.check_files(out.root)   # a damaged model is never "already trained"
         lineage.check_trained_on(out, meta, manifest_id, backbone, run.root)
         log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
         return meta
