@@ -15,6 +15,7 @@ recorded in ensemble.json (docs/referral-guarantees.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -250,8 +251,9 @@ def guarantees(data: probs_mod.SplitProbs, spec: ensemble.EnsembleSpec, cfg: con
     }
 
 
-def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> probs_mod.SplitProbs:
-    """The cached validation outputs: the only split this stage reads."""
+def load_validation(run_dir: str, cfg: config_mod.TuneConfig, check_rate: bool = True) -> probs_mod.SplitProbs:
+    """The cached validation outputs: the only split this stage reads. `check_rate`: refuse an (α,
+    confidence) the calibration set is too small for (False: the caller picks α, `supported_rate`)."""
     controls = [b for b in cfg.backbones if RunDir.CONTROL in b]
     if controls:
         raise ConfigError(f"tune.backbones {controls}: shortcut controls (train --control) are never ensemble "
@@ -263,7 +265,8 @@ def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> probs_mod.Split
     if not len(data.y):
         raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
     data.image_reference = probs_mod.image_reference(run_dir, cfg.backbones)
-    image_rule_refers(data, cfg)         # an (α, confidence) too strict for the calibration set fails here
+    if check_rate:
+        image_rule_refers(data, cfg)     # an (α, confidence) too strict for the calibration set fails here
     if cfg.referral and "image_score" in cfg.referral_signals and data.image_score is None:
         log.warning("%s: the validation files carry no image_score (models trained before alle_dist had "
                     "image statistics): unfamiliar images are referred by γ alone; retrain "
@@ -271,8 +274,25 @@ def load_validation(run_dir: str, cfg: config_mod.TuneConfig) -> probs_mod.Split
     return data
 
 
-def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | None = None) -> dict:
-    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc."""
+def supported_rate(cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs) -> tuple[config_mod.TuneConfig, str | None]:
+    """For a referral rate that was not chosen explicitly: (cfg, None) when the calibration set supports
+    it, else cfg with the smallest α it supports and a line saying so (ensemble.json records it)."""
+    if cfg.referral_rate is None or image_rule_refers(data, dataclasses.replace(cfg, referral_rate=None)) is None:
+        return cfg, None
+    n = referral_rule.calibration_size(data.image_score, data.image_reference)
+    if n >= bounds.required_n(cfg.referral_rate, 1 - cfg.confidence):
+        return cfg, None
+    alpha = referral_rule.smallest_rate(n, cfg.confidence)
+    note = (f"the default referral rate {cfg.referral_rate} needs {bounds.required_n(cfg.referral_rate, 1 - cfg.confidence)} "
+            f"calibration images at confidence {cfg.confidence}; this run has {n}, so the image rule guarantees "
+            f"the smallest rate they support, {alpha} (--referral-rate sets it)")
+    return dataclasses.replace(cfg, referral_rate=alpha), note
+
+
+def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | None = None,
+        rate_note: str | None = None) -> dict:
+    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc.
+    `rate_note`: why the referral rate is not the default (supported_rate), kept in the guarantees."""
     data = data if data is not None else load_validation(run_dir, cfg)
     temps = tuple(fit_temperature(data.probs[b], data.y) if cfg.temperature_scaling else 1.0
                   for b in cfg.backbones)
@@ -281,7 +301,8 @@ def run(run_dir: str, cfg: config_mod.TuneConfig, data: probs_mod.SplitProbs | N
     best = sgr_gamma(data, temps, best, cfg) if cfg.gamma_by_sgr else best
     spec, metrics = finish(data, temps, best, cfg)
     extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
-             "metrics": {"validation": metrics}, "guarantees": guarantees(data, spec, cfg, cfg.gamma_by_sgr),
+             "metrics": {"validation": metrics},
+             "guarantees": {**guarantees(data, spec, cfg, cfg.gamma_by_sgr), "alpha_chosen": rate_note or "as configured"},
              "trials": trials, "lineage": lineage.snapshot(RunDir(run_dir), cfg.backbones)}
     ensemble.save_spec(run_dir, spec, **extra)
     log.debug("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
@@ -292,8 +313,6 @@ _NONE = "none"   # --referral-rate none: the uncalibrated quantile (flags.tune)
 
 
 def main(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from ..runtime import init_ray
 
     # --backbone is train.backbone (for --tune-training); every other flag is a tune field.
@@ -314,9 +333,18 @@ def main(args: argparse.Namespace) -> int:
         doc = tune_training(args.run_dir, job)
         print(f"tune_training.json: best {doc['best']}")
         return 0
-    data = load_validation(args.run_dir, job.tune)    # a wrong RUN fails here, before Ray starts
+    explicit = "referral_rate" in over or getattr(args, "referral_rate", None) == _NONE or \
+        "referral_rate" in (config_mod.load_yaml(args.config).get("tune") or {})
+    data = load_validation(args.run_dir, job.tune, check_rate=explicit)    # a wrong RUN fails here, before Ray
+    note = None
+    if not explicit:   # the default α where the calibration set supports it, else the smallest it does
+        tune_cfg, note = supported_rate(job.tune, data)
+        job = dataclasses.replace(job, tune=tune_cfg)
+        if note:
+            print(f"tune: {note}")
+        image_rule_refers(data, job.tune)   # still infeasible (NaN scores): one line here
     init_ray(args.num_cpus)
-    doc = run(args.run_dir, job.tune, data)
+    doc = run(args.run_dir, job.tune, data, note)
     config_mod.save_resolved(RunDir(args.run_dir).config("tune"), job, run_dir=args.run_dir)
     val = doc["metrics"]["validation"]
     weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))
