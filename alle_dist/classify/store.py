@@ -225,7 +225,7 @@ class ResultStore:
             self.uri, keyed, mode="ignore", configuration=conf, raise_if_key_not_exists=False,
             description="alle_dist bulk classification: one current row per input uri",
             storage_options=self.options)
-        _check_log(self.uri, self._table)
+        _check_log(self.uri, self._table.version())
         self._check_identity(schema)
 
     def _check_identity(self, schema: pa.Schema) -> None:
@@ -424,17 +424,29 @@ def _load(uri: str, options: dict | None):
     except TableNotFoundError:
         return None
     except (DeltaError, OSError) as exc:
+        _check_log(uri, _newest_version(uri))   # a torn commit deltalake refused: the same words
         raise StorageError(f"{uri}: can't be read as a Delta table ({storage.first_line(exc)}); check the "
                            "path, the network and the AWS credentials") from None
-    _check_log(uri, table)
+    _check_log(uri, table.version())
     return table
 
 
-def _check_log(uri: str, table) -> None:
+def _newest_version(uri: str) -> int | None:
+    try:
+        fs, base = storage.resolve(storage.join(uri, "_delta_log"))
+        names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))]
+    except OSError:
+        return None
+    versions = [int(n[:20]) for n in names if len(n) == 25 and n.endswith(".json") and n[:20].isdigit()]
+    return max(versions, default=None)
+
+
+def _check_log(uri: str, version: int | None) -> None:
     """Refuse a table whose newest commit file is torn: deltalake 1.6 reads a 0-byte commit as one
     without actions and skips nothing else, so the table would silently read as an older state and
     the next MERGE would build on it (rows of inputs no longer listed would vanish)."""
-    version = table.version()
+    if version is None:
+        return
     commit = storage.join(uri, "_delta_log", f"{version:020d}.json")
     try:
         data = storage.read_bytes(commit)

@@ -241,10 +241,14 @@ def main(args: argparse.Namespace) -> int:
     names = registry.expand(jcfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
         registry.check_pretrained(name, jcfg.train.pretrained)
-    init_ray(args.num_cpus)
-    for name in names:
-        one = dataclasses.replace(jcfg, train=dataclasses.replace(jcfg.train, backbone=name))
-        meta = train_backbone(args.run_dir, one, retrain=args.retrain)
+    jobs = {name: dataclasses.replace(jcfg, train=dataclasses.replace(jcfg.train, backbone=name)) for name in names}
+    # Finished backbones first, without Ray: their files are hashed (a damaged model is refused now)
+    done = {n: train_backbone(args.run_dir, one) for n, one in jobs.items()
+            if not args.retrain and is_finished(_out(RunDir(args.run_dir), one.train))}
+    if len(done) < len(jobs):
+        init_ray(args.num_cpus)
+    for name, one in jobs.items():
+        meta = done.get(name) or train_backbone(args.run_dir, one, retrain=args.retrain)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
               f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), one.train).root}")
