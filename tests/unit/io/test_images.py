@@ -5,7 +5,6 @@ shared data set must still decode, to the same pixels Pillow gives."""
 from __future__ import annotations
 
 import io
-import struct
 
 import numpy as np
 import pytest
@@ -13,26 +12,11 @@ from PIL import Image
 
 from alle_dist.errors import DecodeError
 from alle_dist.io.images import decode_rgb
-from helpers_run import smear
+from helpers_run import jpeg as _jpeg
+from helpers_run import jpeg_dimensions_times_4, jpeg_truncated_with_end_marker
 
 
-def _jpeg(mode: str = "RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(smear(np.random.default_rng(0), 128)).convert(mode).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _dimensions_times_4(data: bytes) -> bytes:
-    i = data.index(b"\xff\xc0")                  # baseline SOF0: length, precision, height, width
-    h, w = struct.unpack(">HH", data[i + 5:i + 9])
-    return data[:i + 5] + struct.pack(">HH", 4 * h, 4 * w) + data[i + 9:]
-
-
-def _truncated_with_end_marker(data: bytes) -> bytes:
-    return data[: len(data) // 2] + b"\xff\xd9"
-
-
-@pytest.mark.parametrize("attack", [_dimensions_times_4, _truncated_with_end_marker])
+@pytest.mark.parametrize("attack", [jpeg_dimensions_times_4, jpeg_truncated_with_end_marker])
 def test_jpeg_that_pillow_fills_with_grey_is_refused(attack):
     data = attack(_jpeg())
     Image.open(io.BytesIO(data)).load()          # the attack: Pillow takes it silently
@@ -48,7 +32,7 @@ def test_intact_jpeg_decodes_as_pillow_decodes_it(mode):
 
 def test_cmyk_jpeg_cut_short_is_refused_too():
     with pytest.raises(DecodeError, match="JPEG"):
-        decode_rgb(_truncated_with_end_marker(_jpeg("CMYK")))
+        decode_rgb(jpeg_truncated_with_end_marker(_jpeg("CMYK")))
 
 
 def test_every_shared_image_decodes_cleanly_to_pillows_pixels(leukemia_dir):
