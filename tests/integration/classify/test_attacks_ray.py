@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from alle_dist import cli
-from alle_dist.classify.store import ResultStore, read_results
+from alle_dist.classify.delta import read_results
+from alle_dist.classify.store import ResultStore
 from alle_dist.io import storage
 from helpers_run import jpeg, jpeg_dimensions_times_4, jpeg_truncated_with_end_marker, make_run_dir, write_images
 

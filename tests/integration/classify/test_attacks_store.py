@@ -4,7 +4,6 @@ under a job, and --trust-size's stamps. Real deltalake tables on disk, `alle-dis
 process on zero-byte inputs (error rows made in the driver: the whole CLI path, no model run)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,12 +18,13 @@ import pytest
 
 from alle_dist import cli
 from alle_dist.classify import run as run_mod
-from alle_dist.classify.store import ResultStore, read_results
+from alle_dist.classify.delta import read_results
+from alle_dist.classify.store import ResultStore
 from alle_dist.errors import StorageError
 from alle_dist.io import storage
 from helpers_probs import write_probs
 from helpers_run import make_run_dir
-from test_store import MODEL, opened, rows
+from test_store import opened, rows
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -119,7 +119,7 @@ def test_a_killed_runs_record_is_reported_as_probably_dead(run_dir, tmp_path, ca
     p.wait()
     assert classify(run_dir, dst, "--input", src) == 0
     err = capsys.readouterr().err
-    assert (f"warning: run killed-run" in err and f"is recorded as running but its process (pid {p.pid}) is gone: "
+    assert ("warning: run killed-run" in err and f"is recorded as running but its process (pid {p.pid}) is gone: "
             "probably dead" in err)
     runs = {r["run_id"]: r for r in ResultStore(str(dst)).runs()}
     assert runs["killed-run"]["status"] == "running"                  # the record stays what it was
