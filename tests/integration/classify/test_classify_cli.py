@@ -82,12 +82,18 @@ def all_uris(src: Path) -> set:
     return {storage.path_to_uri(p) for p in src.rglob("*.jpg")}
 
 
-@pytest.mark.slow
-def test_kill_9_then_ctrl_c_then_rerun_gives_every_input_once(run_dir, tmp_path):
+def running_after_two_commits(run_dir, tmp_path, n: int = 40):
+    """(src, dst, the running classify process) once it has committed twice, of n images."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    write_images(src, 40, size=32)
+    write_images(src, n, size=32)
     p = spawn(run_dir, dst, "--input", src)
     wait_for_commits(p, dst, 2)
+    return src, dst, p
+
+
+@pytest.mark.slow
+def test_kill_9_then_ctrl_c_then_rerun_gives_every_input_once(run_dir, tmp_path):
+    src, dst, p = running_after_two_commits(run_dir, tmp_path)
     os.killpg(p.pid, signal.SIGKILL)                       # the driver and its local Ray, at once
     finish(p)
     kept = uris_pandas(dst)
@@ -209,10 +215,7 @@ def test_skipped_extensions_are_counted_beside_images(run_dir, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_dst_deleted_while_the_job_runs_is_one_line_and_the_rerun_works(run_dir, tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    write_images(src, 40, size=32)
-    p = spawn(run_dir, dst, "--input", src)
-    wait_for_commits(p, dst, 2)
+    src, dst, p = running_after_two_commits(run_dir, tmp_path)
     os.rename(dst, tmp_path / "deleted")                   # the attack: DST is gone (rm -r, atomically)
     shutil.rmtree(tmp_path / "deleted")
     code, _, err = finish(p)
