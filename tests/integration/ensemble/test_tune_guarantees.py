@@ -66,6 +66,7 @@ def _write_lab(run_dir, n: int = 200):
     for b in BACKBONES:
         p = rng.dirichlet(np.ones(4), n) + 2.0 * np.eye(4)[y]
         write_probs(run_dir, b, "val", paths, y, p / p.sum(1, keepdims=True), image=image)
+        storage.write_bytes(str(run_dir / "models" / b / "test_probs.parquet"), b"not parquet")   # never read
 
 
 @pytest.mark.ray
