@@ -73,13 +73,11 @@ def simulated_decisions(batch: dict) -> bytes:
 
 
 def summary(run: str, out: str, seconds: float) -> str:
-    from deltalake import DeltaTable
-
-    from .classify.store import ResultStore
+    from .tables import read_results
 
     metrics = storage.read_json(RunDir(run).report_file(RunDir.METRICS))
-    store = ResultStore(out)   # a plain Delta table: any Delta reader sees the current rows
-    rows = DeltaTable(store.uri, storage_options=store.options).to_pyarrow_table(columns=["status", "refer"])
+    # A plain Delta table, read as docs/classify.md says (to_pyarrow_table() can abort at exit)
+    rows = read_results(out, columns=["status", "refer"])
     ok = [r for r in rows.column("status").to_pylist() if r == "ok"]
     referred = sum(bool(r) for r in rows.column("refer").to_pylist() if r is not None)
     lines = [

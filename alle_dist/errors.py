@@ -26,6 +26,10 @@ class ModelIntegrityError(StorageError):
     """A model or checkpoint file that fails its sha256 or won't parse."""
 
 
+class RayStartError(UsageError):
+    """Ray could not be started or reached (e.g. its start-up timed out on a busy machine)."""
+
+
 class StaleArtifactError(UsageError):
     """An artifact made from inputs that have changed since: the message names it and the rebuild."""
 

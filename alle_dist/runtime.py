@@ -127,16 +127,56 @@ def init_ray(num_cpus: int | None = None) -> None:
     """
     import ray
 
-    quiet = ray_is_quiet()
     if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            # Inside `ray job submit`: num_cpus may not be given when connecting.
-            ray.init(log_to_driver=not quiet, logging_level=_ray_level)
-        else:
-            # address="local" never attaches to a cluster some other `ray start` left behind.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=not quiet, configure_logging=True, logging_level=_ray_level)
+        _start_ray(num_cpus)
     configure_data_context()
+
+
+# Start-up attempts before giving up. Ray waits a fixed 30 s for a new node's raylet to register
+# (ray/_private/node.py), which a machine under heavy load can miss; another attempt usually makes it.
+START_ATTEMPTS_ENV = "ALLE_DIST_RAY_START_ATTEMPTS"
+
+
+def _start_ray(num_cpus: int | None) -> None:
+    import ray
+
+    quiet = ray_is_quiet()
+    attempts = max(1, int(os.environ.get(START_ATTEMPTS_ENV, "2")))
+    for attempt in range(1, attempts + 1):
+        try:
+            if os.environ.get("RAY_ADDRESS"):
+                # Inside `ray job submit`: num_cpus may not be given when connecting.
+                ray.init(log_to_driver=not quiet, logging_level=_ray_level)
+            else:
+                # address="local" never attaches to a cluster some other `ray start` left behind.
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         log_to_driver=not quiet, configure_logging=True, logging_level=_ray_level)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception for a start-up timeout
+            ray.shutdown()        # the processes this attempt started
+            timeout = _is_timeout(exc)
+            if not timeout or attempt == attempts:
+                raise _start_failed(exc, timeout, attempts) from None
+            log.warning("Ray start-up timed out (attempt %d of %d); trying again", attempt, attempts)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, TimeoutError) or any(k in text for k in ("timed out", "timeout", "failed to connect"))
+
+
+def _start_failed(exc: BaseException, timeout: bool, attempts: int):
+    from .errors import RayStartError
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if timeout:
+        return RayStartError(f"{where} did not start in time after {attempts} attempt(s) ({first}; load average "
+                             f"{load:.1f} on {os.cpu_count()} CPUs); run the same command again when the machine is "
+                             f"less busy, or allow more attempts with {START_ATTEMPTS_ENV}=N")
+    return RayStartError(f"{where} could not be started ({first}); check `ray status`, RAY_ADDRESS and the "
+                         "Ray logs (/tmp/ray/session_latest/logs)")
 
 
 def configure_data_context(no_progress_timeout_s: float | None = None) -> None:

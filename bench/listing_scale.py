@@ -34,7 +34,7 @@ def _rss_mb() -> float:
 def measure(kind: str, path: str) -> dict:
     """In the child: iterate every chunk of one listing and report its cost."""
     from alle_dist.io import storage
-    from alle_dist.classify import listing
+    from alle_dist.classify import input_list, listing
 
     base = _rss_mb()
     t0 = time.perf_counter()
@@ -42,7 +42,7 @@ def measure(kind: str, path: str) -> dict:
         n = len(storage.list_files(path, listing.schema.IMAGE_SUFFIXES))
         first = None
     else:
-        chunks = listing.list_inputs(path) if kind == "folder" else listing.read_input_list(path)
+        chunks = listing.list_inputs(path) if kind == "folder" else input_list.read_input_list(path)
         n, first = 0, None
         for i, table in enumerate(chunks):
             n += table.num_rows

@@ -73,12 +73,17 @@ def write_probs(run_dir, backbone: str, split: str, paths, y, probs, ood=None, m
 
 
 def write_model_meta(run_dir, backbone: str, classes=CLASSES) -> dict:
-    """meta.json through models.persistence.write_meta, trained on RUN's manifest when there is one."""
+    """meta.json through models.persistence.write_meta, trained on RUN's manifest when there is one, beside a
+    stand-in weights file (one tensor: the stages after training hash a model's files, they don't run it)."""
+    import torch
+
     run = RunDir(str(run_dir))
     manifest = recorded_id(run) if storage.exists(run.manifest) else None
-    return persistence.write_meta(run.model(backbone).root, {
+    root = run.model(backbone).root
+    sha = persistence.save_tensors(storage.join(root, persistence.WEIGHTS_FILE), {"stand_in": torch.zeros(1)})
+    return persistence.write_meta(root, {
         "architecture": backbone, "classes": list(classes), "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
-        "sha256": "no weights in this test", "lineage": {"manifest": manifest}})
+        "sha256": sha, "lineage": {"manifest": manifest}})
 
 
 def write_manifest(run_dir, source: Path, rows: list[dict], classes=CLASSES, seed: int = 0) -> None:

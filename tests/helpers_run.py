@@ -78,6 +78,23 @@ def bad_inputs(seed: int = 1) -> dict[str, tuple[bytes, str | None]]:
     }
 
 
+def jpeg(mode: str = "RGB", seed: int = 0) -> bytes:
+    """A 128-pixel smear as a JPEG (quality 90) in `mode` (RGB, L, CMYK)."""
+    return _encode(Image.fromarray(smear(np.random.default_rng(seed), 128)).convert(mode), "JPEG")
+
+
+def jpeg_dimensions_times_4(data: bytes) -> bytes:
+    """The JPEG with its header's height and width multiplied by 4 (Pillow fills the rest with grey)."""
+    i = data.index(b"\xff\xc0")                  # baseline SOF0: length, precision, height, width
+    h, w = struct.unpack(">HH", data[i + 5:i + 9])
+    return data[:i + 5] + struct.pack(">HH", 4 * h, 4 * w) + data[i + 9:]
+
+
+def jpeg_truncated_with_end_marker(data: bytes) -> bytes:
+    """The first half of a JPEG with an end-of-image marker appended (Pillow decodes it silently)."""
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
 def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
     """Write bad_inputs() under root; returns name → expected error substring (None = decodes)."""
     out = {}

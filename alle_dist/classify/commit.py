@@ -25,12 +25,22 @@ class Committer:
         self.committed = 0      # rows inserted or updated by this run's commits
         self.duplicates = 0     # rows dropped because their uri was already in the same commit
         self.commits = 0
+        self.refreshed = 0      # rows whose mtime_ns / etag a refresh commit stored (--trust-size)
+        self._stamps: list[pa.Table] = []
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows:
             self._buf.append(table)
             self._buffered += table.num_rows
         if self._buffered >= self.rows or (self._buffered and self.clock() - self._since >= self.seconds):
+            self.flush()
+
+    def add_stamps(self, table: pa.Table) -> None:
+        """Inputs re-read and found unchanged (same sha256) under --trust-size: their listed mtime_ns /
+        etag are stored at the next flush (store.refresh_stamps), so later runs skip them unread."""
+        if table.num_rows:
+            self._stamps.append(table.select(["uri", "sha256", "mtime_ns", "etag"]))
+        if sum(t.num_rows for t in self._stamps) >= self.rows:
             self.flush()
 
     @property
@@ -40,6 +50,10 @@ class Committer:
     def flush(self) -> None:
         """Commit what is buffered (one MERGE); nothing when the buffer is empty."""
         self._since = self.clock()
+        if self._stamps:
+            stamps = first_per_uri(pa.concat_tables(self._stamps))
+            self.refreshed += self.store.refresh_stamps(stamps, {**self.run, "commit": self.commits})
+            self._stamps = []
         if not self._buffered:
             return
         batch = first_per_uri(pa.concat_tables(self._buf))

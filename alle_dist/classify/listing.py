@@ -16,7 +16,6 @@ Local folders — what is listed:
 """
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import stat
@@ -27,7 +26,6 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import schema
 from ..errors import StorageError
@@ -57,16 +55,31 @@ INPUT_SCHEMA = pa.schema([
 class Listing:
     """The inputs, produced lazily: iterate for pyarrow Tables of INPUT_SCHEMA (each ≤ chunk_rows
     rows; iterating again lists again). `skipped` counts the names left out by suffix, by lower-case
-    extension (and LINK_SEEN); it is complete once iteration ends."""
+    extension (and LINK_SEEN); it is complete once iteration ends. With `dedupe` (an input list,
+    which may name one input twice) each uri is kept once and `duplicates` counts the rest."""
 
-    def __init__(self, source: str, chunks: Callable[[Counter], Iterator[pa.Table]]):
+    def __init__(self, source: str, chunks: Callable[[Counter], Iterator[pa.Table]], dedupe: bool = False):
         self.source = source
         self.skipped: Counter = Counter()
+        self.duplicates = 0
         self._chunks = chunks
+        self._dedupe = dedupe
 
     def __iter__(self) -> Iterator[pa.Table]:
         self.skipped.clear()
-        return self._chunks(self.skipped)
+        self.duplicates = 0
+        chunks = self._chunks(self.skipped)
+        return self._deduped(chunks) if self._dedupe else chunks
+
+    def _deduped(self, chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        from .input_list import SeenUris   # only input lists are deduplicated
+
+        seen = SeenUris()
+        for table in chunks:
+            keep = seen.first(table.column("uri"))
+            self.duplicates += table.num_rows - int(keep.sum())
+            if keep.any():
+                yield table.filter(pa.array(keep))
 
     def skipped_summary(self) -> str:
         """'12 .webp, 3 .txt' (most frequent first); '' when nothing was skipped."""
@@ -305,7 +318,7 @@ def _walk_s3(client, bucket: str, root: str, suffixes, skipped: Counter, workers
                 pending -= 1
             elif kind == "prefixes":
                 for prefix in payload:
-                    if not prefix.rstrip("/").rpartition("/")[2].startswith("."):   # hidden folder
+                    if not _hidden(prefix[:-1].rpartition("/")[2]):
                         pending += 1
                         pool.submit(_list_level, client, bucket, prefix, msgs, stop)
             else:
@@ -313,6 +326,12 @@ def _walk_s3(client, bucket: str, root: str, suffixes, skipped: Counter, workers
     finally:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _hidden(segment: str) -> bool:
+    """A hidden name (.DS_Store, .git): it starts with a dot. Not the segments "." and "..": in an S3
+    key they are plain characters ("odd/./x.jpg" is its own object), listed like any other."""
+    return segment.startswith(".") and segment not in (".", "..")
 
 
 def _s3_rows(bucket: str, objects: list[tuple], suffixes, skipped: Counter) -> Iterator[tuple]:
@@ -352,115 +371,3 @@ def _put(msgs: queue.Queue, stop: threading.Event, item) -> None:
             return
         except queue.Full:
             continue
-
-
-# ---- input lists --------------------------------------------------------------------------------
-
-def read_input_list(path: str, *, suffixes: tuple[str, ...] = schema.IMAGE_SUFFIXES,
-                    chunk_rows: int = CHUNK_ROWS) -> Listing:
-    """The inputs named by a Parquet (.parquet/.pq) or CSV (.csv/.csv.gz, with a header) file, read
-    in batches without listing any store: a `uri` column (s3://…, file:///… or an absolute path), or
-    `bucket` + `key` columns (an S3 Inventory export; keys taken literally), optionally `size` and
-    `etag`/`e_tag`; names case-insensitive. The suffix filter applies; hidden names are kept (the
-    list is explicit). Checks the file's columns now; a bad row raises StorageError when read."""
-    fs, inner = storage.resolve(path)
-    name = inner.lower()
-    if name.endswith((".parquet", ".pq")):
-        batches = _parquet_batches
-    elif name.endswith((".csv", ".csv.gz")):
-        batches = _csv_batches
-    else:
-        raise StorageError(f"{path}: an input list must be a .parquet or .csv file")
-    try:
-        cols = _columns(path, batches(fs, inner, None, chunk_rows, names_only=True))
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise StorageError(f"{path}: can't be read as an input list ({storage.first_line(exc)})") from None
-
-    def chunks(skipped: Counter) -> Iterator[pa.Table]:
-        row0 = 0
-        for batch in batches(fs, inner, cols, chunk_rows):
-            for start in range(0, batch.num_rows, chunk_rows):   # CSV blocks may exceed chunk_rows
-                part = batch.slice(start, chunk_rows)
-                yield _list_table(path, part, cols, suffixes, skipped, row0)
-                row0 += part.num_rows
-    return Listing(path, chunks)
-
-
-def _columns(path: str, names: list[str]) -> dict[str, str]:
-    """{role: the file's column name} for the roles uri / bucket / key / size / etag."""
-    lower = {n.lower(): n for n in names}
-    cols = {role: lower[n] for role, n in (("uri", "uri"), ("bucket", "bucket"), ("key", "key"),
-                                          ("size", "size"), ("etag", "etag"), ("etag", "e_tag"))
-            if n in lower}
-    if "uri" not in cols and not ("bucket" in cols and "key" in cols):
-        raise StorageError(f"{path}: an input list needs a `uri` column, or `bucket` and `key` "
-                           f"columns (found: {', '.join(names) or 'none'})")
-    return cols
-
-
-def _parquet_batches(fs, inner: str, cols, chunk_rows: int, names_only: bool = False):
-    import pyarrow.dataset as ds
-
-    data = ds.dataset(inner, filesystem=fs, format="parquet")
-    if names_only:
-        return data.schema.names
-    # The scanner's defaults (read-ahead of 16 batches, pre-buffered row groups, threads) hold far
-    # more than one chunk: with them peak RSS grew ~40 MB per million URIs, without ~4.
-    return data.to_batches(columns=list(cols.values()), batch_size=chunk_rows, batch_readahead=1,
-                           fragment_readahead=1, use_threads=False,
-                           fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
-
-
-def _csv_batches(fs, inner: str, cols, chunk_rows: int, names_only: bool = False):
-    import pyarrow.csv as pcsv
-
-    stream = fs.open_input_stream(inner, compression="detect")
-    if names_only:
-        with stream:
-            return pcsv.open_csv(stream).schema.names
-    # Keys and URIs stay strings (a key "0123" is not a number); size is an integer.
-    types = {c: (pa.int64() if role == "size" else pa.string()) for role, c in cols.items()}
-    convert = pcsv.ConvertOptions(include_columns=list(cols.values()), column_types=types)
-    return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=8 << 20), convert_options=convert)
-
-
-def _list_table(src: str, batch: pa.RecordBatch, cols: dict, suffixes, skipped: Counter,
-                row0: int) -> pa.Table:
-    if "uri" in cols:
-        uris = _checked_uris(src, batch.column(cols["uri"]).cast(pa.string()), row0)
-    else:
-        bucket, key = (batch.column(cols[r]).cast(pa.string()) for r in ("bucket", "key"))
-        uris = pc.binary_join_element_wise("s3:/", bucket, key, "/")   # s3:/ + / + bucket + / + key
-        _raise_on_null(src, uris, row0, "an empty bucket or key")
-    lower = pc.utf8_lower(uris)
-    keep = functools.reduce(pc.or_, [pc.ends_with(lower, s) for s in suffixes])
-    for uri in uris.filter(pc.invert(keep)).to_pylist():
-        skipped[_ext(uri.rpartition("/")[2])] += 1
-    n = int(pc.sum(keep).as_py() or 0)
-    size = (batch.column(cols["size"]).cast(pa.int64()).filter(keep) if "size" in cols
-            else pa.nulls(n, pa.int64()))
-    etag = (pc.replace_substring(batch.column(cols["etag"]).cast(pa.string()).filter(keep), '"', "")
-            if "etag" in cols else pa.nulls(n, pa.string()))
-    return pa.Table.from_arrays([uris.filter(keep), size, pa.nulls(n, pa.int64()), etag,
-                                 pa.array([schema.OK] * n, pa.string()), pa.nulls(n, pa.string())],
-                                schema=INPUT_SCHEMA)
-
-
-def _raise_on_null(src: str, uris: pa.Array, row0: int, what: str) -> None:
-    if uris.null_count:
-        row = row0 + pc.index(pc.is_null(uris), True).as_py() + 1
-        raise StorageError(f"{src}: row {row} has {what}; every row must name one input")
-
-
-def _checked_uris(src: str, uris: pa.Array, row0: int) -> pa.Array:
-    """s3:// and file:/// URIs as given; absolute paths made file:// URIs; anything else an error."""
-    _raise_on_null(src, uris, row0, "an empty uri")
-    is_path = pc.starts_with(uris, "/")
-    good = pc.or_(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "file:///")), is_path)
-    if not pc.all(good).as_py():
-        i = pc.index(good, False).as_py()
-        raise StorageError(f"{src}: row {row0 + i + 1}: {uris[i].as_py()!r} is a relative path or has an "
-                           "unknown scheme; use s3://bucket/key, file:///abs/path or an absolute path")
-    if pc.any(is_path).as_py():   # the rare case, so per-row Python is fine here
-        uris = pa.array([path_to_uri(u) if u.startswith("/") else u for u in uris.to_pylist()], pa.string())
-    return uris

@@ -12,7 +12,6 @@ from ..config import JobConfig
 from ..ensemble import lineage
 from ..ensemble import weighted
 from ..errors import ConfigError
-from ..io import storage
 from ..models import field_stats, inference, preprocessing
 from ..models import persistence
 from ..rundir import RunDir
@@ -32,10 +31,10 @@ def resolve_models(run_dir: str) -> Models:
     """Load the spec and check every model file's sha256 and the ensemble's lineage now, in the driver
     (ModelIntegrityError, StaleArtifactError)."""
     spec = weighted.load_spec(run_dir)
-    lineage.check(RunDir(run_dir), storage.read_json(RunDir(run_dir).ensemble))
+    lineage.check(RunDir(run_dir), weighted.read_doc(run_dir))
     metas, hashes = {}, {}
     for b in spec.backbones:
-        _, meta = persistence.load_state(RunDir(run_dir).model(b).root)   # reads + checks the weights' sha256
+        meta = persistence.check_files(RunDir(run_dir).model(b).root)   # the weights' and OOD stats' sha256
         if tuple(meta["classes"]) != spec.classes:
             raise ConfigError(f"{RunDir(run_dir).model(b).root}: classes {meta['classes']} differ from "
                               f"the ensemble's {list(spec.classes)}; rerun `alle-dist tune`")

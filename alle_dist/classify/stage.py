@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace, job_cfg) -> int:
     from ..errors import StorageError
     from ..io import storage
     from ..runtime import init_ray
-    from .run import execute, setup
+    from .run import dead_runs, execute, setup
 
     # Every user error (DST, models, SRC, no images) surfaces here, before Ray starts.
     job = setup(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
@@ -36,6 +36,8 @@ def _run(args: argparse.Namespace, job_cfg) -> int:
         raise StorageError(f"{where}: can't be written ({storage.first_line(exc)}); free space or fix the "
                            "permissions, then rerun") from None
     print(f"classify: run {job.run['run_id']} → {job.store.uri}", file=sys.stderr)
+    for line in dead_runs(job.store):
+        print(f"classify: warning: {line}", file=sys.stderr)
     try:
         problems = execute(job)
     except KeyboardInterrupt:
@@ -52,7 +54,12 @@ def _report(job, output: str, problems: list[str]) -> None:
     skipped = job.listing.skipped_summary()
     if skipped:
         print(f"classify: warning: not image files, left out: {skipped}", file=sys.stderr)
+    if c.get("list_duplicates"):
+        print(f"classify: warning: {c['list_duplicates']} duplicate entries of the input list counted once",
+              file=sys.stderr)
+    refreshed = f"; {c['refreshed']} with a new mtime/ETag recorded" if c.get("refreshed") else ""
     print(f"classify: {c['inputs']} inputs: {c['classified']} classified, {c['errors']} error rows, "
-          f"{c['referred']} referred, {c['skipped']} unchanged (skipped); {c['committed']} rows committed → {output}")
+          f"{c['referred']} referred, {c['skipped']} unchanged (skipped{refreshed}); {c['committed']} rows "
+          f"committed → {output}")
     for p in problems:
         print(f"classify: error: {p}", file=sys.stderr)

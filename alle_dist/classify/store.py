@@ -45,6 +45,11 @@ disabled deltalake 1.6 refuses to commit at all ("PutMode::Create when condition
 disabled not yet implemented"): there is no unsafe S3 path left. An S3-compatible store that
 ignores If-None-Match would still be unsafe (object_store can't tell).
 
+Damage and loss. A torn newest commit file is refused when a table is opened, and reading goes
+through pyarrow's own filesystem (tables). A DST deleted while a job runs is said as such
+(`deleted`), and its orphan data files are removed so the same command can start over
+(`drop_orphans`).
+
 Credentials: the storage options hold only the endpoint, the region and the two flags above;
 deltalake reads keys from the standard AWS environment / chain itself. Run records and commit
 metadata are refused if they contain the value of an AWS key variable of this environment.
@@ -61,12 +66,13 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from ..constants import SECRET_ENV_VARS
 from ..errors import ConfigError, StorageError
 from ..io import storage
-from ..tables import SideDir, commit_with_retry, storage_options
 from .. import tables
+from ..tables import SideDir, check_log, commit_with_retry, native_filesystem, storage_options, write_failure
 
 KEY = "uri"
 REQUIRED = ("uri", "sha256", "bytes", "status")
@@ -75,6 +81,8 @@ CONF_IDENTITY = "alle_dist.identity"
 COMMIT_KEY = "alle_dist.run"
 _CHANGED = ("(t.sha256 IS DISTINCT FROM s.sha256) OR (t.bytes IS DISTINCT FROM s.bytes)"
             " OR (t.status IS DISTINCT FROM s.status)")
+_STALE_STAMP = ("t.sha256 = s.sha256 AND ((t.mtime_ns IS DISTINCT FROM s.mtime_ns)"
+                " OR (t.etag IS DISTINCT FROM s.etag))")
 RUNS_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
@@ -200,6 +208,7 @@ class ResultStore:
             self.uri, keyed, mode="ignore", configuration=conf, raise_if_key_not_exists=False,
             description="alle_dist bulk classification: one current row per input uri",
             storage_options=self.options)
+        check_log(self.uri, self._table.version())
         self._check_identity(schema)
 
     def _check_identity(self, schema: pa.Schema) -> None:
@@ -235,7 +244,7 @@ class ResultStore:
 
     def _dataset(self):
         self._require_open().update_incremental()
-        return self._table.to_pyarrow_dataset()
+        return self._table.to_pyarrow_dataset(filesystem=native_filesystem(self.uri))
 
     def side_path(self, name: str) -> str:
         """Where alle_dist keeps a side file (e.g. classify_config.yaml) inside DST."""
@@ -256,11 +265,35 @@ class ResultStore:
         meta = {COMMIT_KEY: _stamp(run, self.model_sha256, rows=batch.num_rows)}
         _refuse_secrets(meta)
         props = CommitProperties(custom_metadata=meta)
-        return commit_with_retry(self._table, lambda: self._merge(batch, props), self.uri, self.max_attempts,
-                                 self._conflicted)
+        return self._retrying(lambda: self._merge(batch, props))
+
+    def _retrying(self, merge) -> dict:
+        """Run `merge` on the newest version; again after a conflicting concurrent commit."""
+        return commit_with_retry(self._table, merge, self.uri, self.max_attempts, self._conflicted)
 
     def _conflicted(self) -> None:
         self.conflicts += 1
+
+    def _why(self, exc: BaseException) -> str:
+        return write_failure(self.uri, exc)
+
+    def refresh_stamps(self, stamps: pa.Table, run: dict) -> int:
+        """Store the listed mtime_ns / ETag of inputs that were re-read and found unchanged (`stamps`:
+        uri, sha256, mtime_ns, etag; --trust-size), so later runs skip them without reading. One MERGE
+        that sets only those two columns, and only where the stored sha256 is the one just read: a
+        new table version whose rows' classifications are unchanged. Returns the rows refreshed."""
+        from deltalake import CommitProperties
+
+        if not stamps.num_rows:
+            return 0
+        props = CommitProperties(custom_metadata={COMMIT_KEY: _stamp(run, self.model_sha256, refreshed=stamps.num_rows)})
+        src = stamps.select(["uri", "sha256", "mtime_ns", "etag"])
+        metrics = self._retrying(lambda: (
+            self._table.merge(src, f"t.{KEY} = s.{KEY}", source_alias="s", target_alias="t",
+                              streamed_exec=False, commit_properties=props)
+            .when_matched_update({"mtime_ns": "s.mtime_ns", "etag": "s.etag"}, predicate=_STALE_STAMP)
+            .execute()))
+        return int(metrics.get("num_target_rows_updated", 0))
 
     def _merge(self, batch: pa.Table, props) -> dict:
         return (self._table.merge(batch, f"t.{KEY} = s.{KEY}", source_alias="s", target_alias="t",
@@ -288,6 +321,8 @@ class ResultStore:
         """Append one run record (needs run_id and status: running / complete / interrupted / failed)."""
         from deltalake import write_deltalake
 
+        if self.deleted():   # writing it would create DST/_alle_dist again: the rerun would be refused
+            return
         rec = _stamp(run, self.model_sha256)
         _refuse_secrets(rec)
         row = {"run_id": str(rec["run_id"]), "status": str(rec["status"]), "who": rec["who"],
@@ -299,7 +334,7 @@ class ResultStore:
             write_deltalake(self._runs_uri(), pa.Table.from_pylist([row], schema=RUNS_SCHEMA), mode="append",
                             storage_options=self.options)
         except (OSError, DeltaError) as exc:   # disk full, network: one line, like a failed commit
-            raise StorageError(f"{self.uri}: the run record could not be written ({storage.first_line(exc)}); "
+            raise StorageError(f"{self.uri}: the run record could not be written ({self._why(exc)}); "
                                "fix the cause and rerun") from None
 
     def runs(self) -> list[dict]:
@@ -307,11 +342,31 @@ class ResultStore:
         table = tables.load(self._runs_uri(), self.options)
         if table is None:
             return []
-        t = table.to_pyarrow_table(columns=["run_id", "recorded_at", "record"]).sort_by("recorded_at")
+        t = (table.to_pyarrow_dataset(filesystem=native_filesystem(self._runs_uri()))
+             .to_table(columns=["run_id", "recorded_at", "record"]).sort_by("recorded_at"))
         latest: dict[str, dict] = {}
         for rid, rec in zip(t.column("run_id").to_pylist(), t.column("record").to_pylist()):
             latest[rid] = json.loads(rec)   # dicts keep first-insertion order: a run's first record
         return list(latest.values())
+
+    # ------------------------------------------------------------ a DST deleted while a job runs
+
+    def deleted(self) -> bool:
+        """True when the table this store opened has no log any more (DST was deleted meanwhile)."""
+        return self._table is not None and not storage.exists(storage.join(self.uri, "_delta_log"))
+
+    def drop_orphans(self) -> None:
+        """Remove the data files a MERGE wrote into a deleted DST before its commit failed (no log
+        refers to them, no reader sees them), and DST itself when that leaves it empty: the same
+        command then starts over in an empty DST instead of being refused as "not a Delta table"."""
+        if not self.deleted():
+            return
+        fs, base = storage.resolve(self.uri)
+        for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if info.type == pafs.FileType.File and info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
+                fs.delete_file(info.path)
+        if not storage.is_s3(self.uri) and os.path.isdir(base) and not os.listdir(base):
+            os.rmdir(base)
 
     def _runs_uri(self) -> str:
         return SideDir(self.uri).runs

@@ -83,16 +83,35 @@ def save_spec(run_dir: str, spec: EnsembleSpec, **extra) -> None:
     storage.write_json(RunDir(run_dir).ensemble, {**spec_doc(spec), **extra})
 
 
-def load_spec(run_dir: str) -> EnsembleSpec:
+def read_doc(run_dir: str) -> dict:
+    """RUN/ensemble.json as a dict: every stage that reads it reads it here, so a file that is not JSON,
+    not an object or lacks the spec's keys is one line (ConfigError, exit 2) naming it and the fix."""
     uri = RunDir(run_dir).ensemble
     if not storage.exists(uri):
         raise StorageError(f"{uri}: not found; run `alle-dist tune --run-dir {run_dir}` first")
-    doc = storage.read_json(uri)
-    names = {f.name for f in dataclasses.fields(EnsembleSpec)}
+    fix = f"rerun `alle-dist tune --run-dir {run_dir}` (or restore the file)"
+    try:
+        doc = storage.read_json(uri)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{uri}: not valid JSON ({str(exc).splitlines()[0]}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{uri}: holds a JSON {type(doc).__name__}, not an object; {fix}")
     missing = {"backbones", "classes", "weights", "gamma"} - set(doc)
     if missing:
-        raise ConfigError(f"{uri}: missing key(s) {sorted(missing)}; rerun `alle-dist tune`")
-    return EnsembleSpec(**{k: v for k, v in doc.items() if k in names})
+        raise ConfigError(f"{uri}: missing key(s) {sorted(missing)}; {fix}")
+    return doc
+
+
+def load_spec(run_dir: str) -> EnsembleSpec:
+    doc = read_doc(run_dir)
+    names = {f.name for f in dataclasses.fields(EnsembleSpec)}
+    try:
+        return EnsembleSpec(**{k: v for k, v in doc.items() if k in names})
+    except ConfigError as exc:
+        raise ConfigError(f"{RunDir(run_dir).ensemble}: {exc}; rerun `alle-dist tune --run-dir {run_dir}`") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:   # a value of the wrong type
+        raise ConfigError(f"{RunDir(run_dir).ensemble}: unusable ensemble spec ({exc}); rerun "
+                          f"`alle-dist tune --run-dir {run_dir}`") from None
 
 
 def scale(probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -27,7 +27,7 @@ def evaluate_run(run_dir: str, cfg: config.EvaluateConfig) -> dict:
 
     run = RunDir(run_dir)
     spec = weighted.load_spec(run_dir)
-    now = lineage.check(run, storage.read_json(run.ensemble))   # nothing stale behind ensemble.json
+    now = lineage.check(run, weighted.read_doc(run_dir))   # nothing stale behind ensemble.json
     data = split_probs.load_probs(run_dir, list(spec.backbones), "test")
     outputs = model_outputs(data, spec)
     models = {name: model_metrics(o, data.y, spec.classes) for name, o in outputs.items()}
@@ -45,7 +45,7 @@ def evaluate_run(run_dir: str, cfg: config.EvaluateConfig) -> dict:
                         "temperatures": list(spec.temperatures)},
            "table3": table3(data, spec), "models": models,
            "lineage": {"ensemble": lineage.ensemble_sha256(run), **now}}
-    doc["guarantees"] = guarantee_rows(data, spec, storage.read_json(run.ensemble).get("guarantees"))
+    doc["guarantees"] = guarantee_rows(data, spec, weighted.read_doc(run_dir).get("guarantees"))
     if controls:
         doc["control"] = _control(run_dir, controls[0], models)
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)

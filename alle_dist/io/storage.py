@@ -88,8 +88,7 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
 
 def s3_filesystem() -> pafs.S3FileSystem:
     """The S3 filesystem for the current environment (AWS_ENDPOINT_URL honoured)."""
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return _s3(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"), region)
+    return _s3(*_endpoint_region())
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -134,9 +133,50 @@ def list_images(root: str) -> list[str]:
 
 
 def read_bytes(uri: str) -> bytes:
+    if is_s3(uri) and odd_key(str(uri)[len("s3://"):].partition("/")[2]):
+        return _read_s3_literally(str(uri))
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def odd_key(key: str) -> bool:
+    """An S3 key that pyarrow's S3 filesystem can't address as written: it refuses an empty segment
+    ("a//b.jpg": ArrowInvalid) and normalises "." and ".." segments away (another object, or none).
+    S3 keys are plain strings: such keys are real, distinct objects."""
+    return any(seg in ("", ".", "..") for seg in key.split("/"))
+
+
+def _read_s3_literally(uri: str) -> bytes:
+    """An object read by its exact key through boto3 (errors as OSError, like pyarrow's)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    try:
+        return _boto3_s3(*_endpoint_region()).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"{uri}: NoSuchKey") from None
+        if code in ("AccessDenied", "403"):
+            raise PermissionError(f"{uri}: AccessDenied (HTTP status 403)") from None
+        raise OSError(f"{uri}: {first_line(exc)}") from None
+    except BotoCoreError as exc:
+        raise OSError(f"{uri}: {first_line(exc)}") from None
+
+
+@lru_cache(maxsize=8)
+def _boto3_s3(endpoint: str | None, region: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region,
+                        config=Config(retries={"max_attempts": 10, "mode": "standard"}))
+
+
+def _endpoint_region() -> tuple[str | None, str]:
+    return (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

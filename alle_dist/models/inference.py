@@ -45,14 +45,16 @@ class ReadSpec:
     max_pixels: int = MAX_PIXELS
     image_stats: bool = True      # compute field_stats features (False: the models have no image statistics)
     working_size: int | None = None   # the models' (Preprocessing.working_size); None: the original path
+    listed: bool = True           # the inputs come from a listing (False: an input list, nothing was listed)
 
 
-def read_input(uri: str) -> bytes:
+def read_input(uri: str, listed: bool = True) -> bytes:
     """The bytes of one input, named by its absolute URI (file:///abs/path or s3://bucket/key);
     InputError when this file alone is the problem.
 
-    A file gone or unreadable since listing is that file's problem. An S3 403 is not: it means the
-    credentials or the bucket policy are wrong for every file, so it fails the job (StorageError).
+    A file gone or unreadable since listing (or never there, for an input list's entry: `listed`
+    False) is that file's problem. An S3 403 is not: it means the credentials or the bucket policy
+    are wrong for every file, so it fails the job (StorageError).
     """
     try:
         if uri.startswith("file://"):   # Python's open takes any name, also one that is not UTF-8
@@ -60,7 +62,10 @@ def read_input(uri: str) -> bytes:
                 return f.read()
         return storage.read_bytes(uri)
     except FileNotFoundError:
-        raise InputError("vanished between listing and reading (not found)") from None
+        raise InputError("vanished between listing and reading (not found)" if listed
+                         else "not found (no such file or object)") from None
+    except pa.ArrowInvalid as exc:   # a path pyarrow refuses: this input's problem, never the job's
+        raise InputError(f"can't be read: {storage.first_line(exc)}") from None
     except OSError as exc:
         text = str(exc)
         if storage.is_s3(uri) and any(k in text for k in ("ACCESS_DENIED", "AccessDenied", "HTTP status 403")):
@@ -77,7 +82,7 @@ def read_one(spec: ReadSpec, uri: str, size: int | None, done_sha256: str | None
     row = {"uri": uri, "sha256": None, "bytes": size, "status": schema.OK, "error": None,
            "mask_fraction": None, "image_stats": None, "image": b""}
     try:
-        data = read_input(uri)
+        data = read_input(uri, spec.listed)
         row["bytes"], row["sha256"] = len(data), hashlib.sha256(data).hexdigest()
         if done_sha256 is not None and row["sha256"] == done_sha256:
             row["status"] = SKIP

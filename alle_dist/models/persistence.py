@@ -105,6 +105,37 @@ def read_meta(model_dir: str) -> dict:
     return meta
 
 
+def check_files(model_dir: str) -> dict:
+    """The model's meta (its own hash checked) after checking the weights' and the OOD statistics' bytes against
+    the sha256 it records, without parsing them: what every stage that reads a model (train's "already
+    trained", tune, evaluate, classify) runs once before any work. ModelIntegrityError names the file."""
+    meta = read_meta(model_dir)
+    files = [(meta.get("weights_file", WEIGHTS_FILE), meta["sha256"])]
+    if isinstance(meta.get("ood"), dict):
+        files.append((meta["ood"]["file"], meta["ood"]["sha256"]))
+    for name, expected in files:
+        uri = storage.join(model_dir, name)
+        try:
+            actual = _sha256_of(uri)
+        except OSError as exc:
+            raise ModelIntegrityError(f"{uri}: missing or unreadable ({storage.first_line(exc)}); the model folder "
+                                      "is incomplete: retrain it (`alle-dist train --retrain`) or restore it") from None
+        if actual != expected:
+            raise ModelIntegrityError(f"{uri}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded in "
+                                      f"{META_FILE} (changed or damaged, e.g. cut short); retrain it (`alle-dist "
+                                      "train --retrain`) or restore the file")
+    return meta
+
+
+def _sha256_of(uri: str) -> str:
+    fs, path = storage.resolve(uri)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_model(model_dir: str, model: nn.Module, meta: dict) -> dict:
     """Write the weights, then meta.json (with their sha256) last: meta.json marks a complete model."""
     missing = [k for k in REQUIRED_META if k not in meta]

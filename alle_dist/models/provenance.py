@@ -30,9 +30,10 @@ def check_trained_on(out: ModelDir, meta: dict, manifest_id: str, backbone: str,
 
 
 def check_outputs(out: ModelDir, split: str, table_meta: dict | None, backbone: str, run_root: str) -> None:
-    """Refuse cached outputs that another version of the model made (its files changed since)."""
+    """Refuse cached outputs that another version of the model made (its files changed since), or whose
+    model's files are damaged now (persistence.check_files: tune and evaluate read them through here)."""
     made_by = (table_meta or {}).get(META_MODEL_ID, b"").decode()
-    if made_by != persistence.model_id(persistence.read_meta(out.root)):
+    if made_by != persistence.model_id(persistence.check_files(out.root)):
         raise StaleArtifactError(
             f"{out.probs(split)}: made by another version of {backbone} (the model's files changed since "
             f"training); retrain it (`alle-dist train --run-dir {run_root} --backbone {backbone} --retrain`)")

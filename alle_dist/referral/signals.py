@@ -164,13 +164,24 @@ def fit_image_rule(image_score: np.ndarray | None, image_reference: np.ndarray |
             "image_rule": {**{k: fit[k] for k in keep}, "confidence": float(confidence), **sizes}}
 
 
+def smallest_rate(n: int, confidence: float) -> float:
+    """The smallest referral rate α (rounded up to 0.001) that n calibration images can guarantee at
+    `confidence`: (1-α)^n ≤ 1-confidence, the threshold then being the largest calibration score."""
+    return math.ceil(1000 * (1 - (1 - confidence) ** (1 / n))) / 1000
+
+
+def calibration_size(image_score: np.ndarray, image_reference: np.ndarray | None) -> int:
+    """How many calibration images the image rule is fitted on (validation + out-of-fold training)."""
+    return int(len(image_score)) + (0 if image_reference is None else int(len(image_reference)))
+
+
 def _infeasible(fit: dict, confidence: float, sizes: dict) -> str:
-    n, delta = fit["n"], fit["delta"]
-    smallest = math.ceil(1000 * (1 - delta ** (1 / n))) / 1000      # (1-α)^n ≤ δ at this n
+    n = fit["n"]
     return (f"tune.referral_rate={fit['alpha']} at confidence {confidence}: the image rule needs n_required="
             f"{fit['n_required']} calibration images, this run has {n} ({sizes['n_val']} validation + "
             f"{sizes['n_oof']} out-of-fold training){'' if fit['reason'] == 'n_too_small' else ' with too many NaN'}"
-            f"; use --referral-rate {smallest} or more, a lower --confidence, or --referral-rate none")
+            f"; it could guarantee --referral-rate {smallest_rate(n, confidence)} (or more), or use a lower "
+            "--confidence, or --referral-rate none")
 
 
 def fit_referral(scaled: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray] | None,

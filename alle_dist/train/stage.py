@@ -206,7 +206,7 @@ def train_backbone(run_dir: str, job_cfg, retrain: bool = False) -> dict:
     if retrain and storage.exists(out.root):
         storage.delete(out.root)
     elif is_finished(out):
-        meta = persistence.read_meta(out.root)
+        meta = persistence.check_files(out.root)   # a damaged model is never "already trained"
         provenance.check_trained_on(out, meta, manifest_id, backbone, run.root)
         log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
         return meta
@@ -271,10 +271,14 @@ def main(args: argparse.Namespace) -> int:
     names = registry.expand(job_cfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
         registry.check_pretrained(name, job_cfg.train.pretrained)
-    init_ray(args.num_cpus)
-    for name in names:
-        backbone_cfg = dataclasses.replace(job_cfg, train=dataclasses.replace(job_cfg.train, backbone=name))
-        meta = train_backbone(args.run_dir, backbone_cfg, retrain=args.retrain)
+    jobs = {name: dataclasses.replace(job_cfg, train=dataclasses.replace(job_cfg.train, backbone=name)) for name in names}
+    # Finished backbones first, without Ray: their files are hashed (a damaged model is refused now)
+    done = {n: train_backbone(args.run_dir, backbone_cfg) for n, backbone_cfg in jobs.items()
+            if not args.retrain and is_finished(_out(RunDir(args.run_dir), backbone_cfg.train))}
+    if len(done) < len(jobs):
+        init_ray(args.num_cpus)
+    for name, backbone_cfg in jobs.items():
+        meta = done.get(name) or train_backbone(args.run_dir, backbone_cfg, retrain=args.retrain)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
               f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), backbone_cfg.train).root}")

@@ -3,6 +3,8 @@ setting, the choice among the trials, the referral thresholds fitted around the 
 what each rule promises (ensemble.json's "guarantees", docs/referral-guarantees.md)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import config
@@ -148,3 +150,19 @@ def _with_target(fit: dict, counted: str, target: float, delta: float) -> dict:
     need = bounds.required_n(target, delta) if 0 < target < 1 else None
     return {**fit, "target": float(target), "n_required": need,
             "enough": need is not None and fit[counted] >= need}
+
+
+def supported_rate(cfg: config.TuneConfig, data: split_probs.SplitProbs) -> tuple[config.TuneConfig, str | None]:
+    """For a referral rate that was not chosen explicitly: (cfg, None) when the calibration set supports
+    it, else cfg with the smallest α it supports and a line saying so (ensemble.json records it)."""
+    if cfg.referral_rate is None or image_rule_refers(data, dataclasses.replace(cfg, referral_rate=None)) is None:
+        return cfg, None
+    n = signals.calibration_size(data.image_score, data.image_reference)
+    need = bounds.required_n(cfg.referral_rate, 1 - cfg.confidence)
+    if n >= need:
+        return cfg, None
+    alpha = signals.smallest_rate(n, cfg.confidence)
+    note = (f"the default referral rate {cfg.referral_rate} needs {need} calibration images at confidence "
+            f"{cfg.confidence}; this run has {n}, so the image rule guarantees the smallest rate they support, "
+            f"{alpha} (--referral-rate sets it)")
+    return dataclasses.replace(cfg, referral_rate=alpha), note

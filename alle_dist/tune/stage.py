@@ -23,8 +23,9 @@ from . import search, select
 log = logging.getLogger("alle_dist.tune")
 
 
-def load_validation(run_dir: str, cfg: config.TuneConfig) -> split_probs.SplitProbs:
-    """The cached validation outputs: the only split this stage reads."""
+def load_validation(run_dir: str, cfg: config.TuneConfig, check_rate: bool = True) -> split_probs.SplitProbs:
+    """The cached validation outputs: the only split this stage reads. `check_rate`: refuse an (α,
+    confidence) the calibration set is too small for (False: the caller picks α, select.supported_rate)."""
     controls = [b for b in cfg.backbones if RunDir.CONTROL in b]
     if controls:
         raise ConfigError(f"tune.backbones {controls}: shortcut controls (train --control) are never ensemble "
@@ -36,7 +37,8 @@ def load_validation(run_dir: str, cfg: config.TuneConfig) -> split_probs.SplitPr
     if not len(data.y):
         raise UsageError(f"{run_dir}: no validation rows shared by {list(cfg.backbones)}; retrain with a val split")
     data.image_reference = split_probs.image_reference(run_dir, cfg.backbones)
-    select.image_rule_refers(data, cfg)         # an (α, confidence) too strict for the calibration set fails here
+    if check_rate:
+        select.image_rule_refers(data, cfg)     # an (α, confidence) too strict for the calibration set fails here
     if cfg.referral and "image_score" in cfg.referral_signals and data.image_score is None:
         log.warning("%s: the validation files carry no image_score (models trained before alle_dist had "
                     "image statistics): unfamiliar images are referred by γ alone; retrain "
@@ -44,8 +46,10 @@ def load_validation(run_dir: str, cfg: config.TuneConfig) -> split_probs.SplitPr
     return data
 
 
-def run(run_dir: str, cfg: config.TuneConfig, data: split_probs.SplitProbs | None = None) -> dict:
-    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc."""
+def run(run_dir: str, cfg: config.TuneConfig, data: split_probs.SplitProbs | None = None,
+        rate_note: str | None = None) -> dict:
+    """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc.
+    `rate_note`: why the referral rate is not the default (select.supported_rate), kept in the guarantees."""
     data = data if data is not None else load_validation(run_dir, cfg)
     temps = tuple(select.fit_temperature(data.probs[b], data.y) if cfg.temperature_scaling else 1.0
                   for b in cfg.backbones)
@@ -54,7 +58,8 @@ def run(run_dir: str, cfg: config.TuneConfig, data: split_probs.SplitProbs | Non
     best = select.sgr_gamma(data, temps, best, cfg) if cfg.gamma_by_sgr else best
     spec, metrics = select.finish(data, temps, best, cfg)
     extra = {"objective": cfg.objective, "min_coverage": cfg.min_coverage, "selected": best,
-             "metrics": {"validation": metrics}, "guarantees": select.guarantees(data, spec, cfg, cfg.gamma_by_sgr),
+             "metrics": {"validation": metrics},
+             "guarantees": {**select.guarantees(data, spec, cfg, cfg.gamma_by_sgr), "alpha_chosen": rate_note or "as configured"},
              "trials": trials, "lineage": lineage.snapshot(RunDir(run_dir), cfg.backbones)}
     weighted.save_spec(run_dir, spec, **extra)
     log.debug("ensemble %s weights=%s gamma=%.3f: val %s", spec.backbones, spec.weights, spec.gamma, metrics)
@@ -87,9 +92,18 @@ def main(args: argparse.Namespace) -> int:
         doc = tune_training(args.run_dir, job_cfg)
         print(f"tune_training.json: best {doc['best']}")
         return 0
-    data = load_validation(args.run_dir, job_cfg.tune)    # a wrong RUN fails here, before Ray starts
+    explicit = "referral_rate" in over or getattr(args, "referral_rate", None) == _NONE or \
+        "referral_rate" in (config.load_yaml(args.config).get("tune") or {})
+    data = load_validation(args.run_dir, job_cfg.tune, check_rate=explicit)    # a wrong RUN fails here, before Ray
+    note = None
+    if not explicit:   # the default α where the calibration set supports it, else the smallest it does
+        tune_cfg, note = select.supported_rate(job_cfg.tune, data)
+        job_cfg = dataclasses.replace(job_cfg, tune=tune_cfg)
+        if note:
+            print(f"tune: {note}")
+        select.image_rule_refers(data, job_cfg.tune)   # still infeasible (NaN scores): one line here
     init_ray(args.num_cpus)
-    doc = run(args.run_dir, job_cfg.tune, data)
+    doc = run(args.run_dir, job_cfg.tune, data, note)
     config.save_resolved(RunDir(args.run_dir).config("tune"), job_cfg, run_dir=args.run_dir)
     val = doc["metrics"]["validation"]
     weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))

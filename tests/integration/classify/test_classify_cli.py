@@ -6,7 +6,9 @@ kill reaches its whole group, Ray included). Assertions are on the table's curre
 with standard readers (deltalake → pandas, polars.read_delta)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,12 +82,18 @@ def all_uris(src: Path) -> set:
     return {storage.path_to_uri(p) for p in src.rglob("*.jpg")}
 
 
-@pytest.mark.slow
-def test_kill_9_then_ctrl_c_then_rerun_gives_every_input_once(run_dir, tmp_path):
+def running_after_two_commits(run_dir, tmp_path, n: int = 40):
+    """(src, dst, the running classify process) once it has committed twice, of n images."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    write_images(src, 40, size=32)
+    write_images(src, n, size=32)
     p = spawn(run_dir, dst, "--input", src)
     wait_for_commits(p, dst, 2)
+    return src, dst, p
+
+
+@pytest.mark.slow
+def test_kill_9_then_ctrl_c_then_rerun_gives_every_input_once(run_dir, tmp_path):
+    src, dst, p = running_after_two_commits(run_dir, tmp_path)
     os.killpg(p.pid, signal.SIGKILL)                       # the driver and its local Ray, at once
     finish(p)
     kept = uris_pandas(dst)
@@ -169,7 +177,7 @@ def test_a_full_disk_is_one_line_and_commits_nothing_half(run_dir, tmp_path, tin
     capsys.readouterr()
     code = cli.main(["classify", "--run-dir", run_dir, "--input", str(src), "--output", str(dst)])
     err = capsys.readouterr().err
-    assert code == 2 and "No space left on device" in err and "nothing of this batch was committed" in err
+    assert code == 2 and f"no space left on the device holding {dst}" in err and "nothing of this batch was committed" in err
     assert [line for line in err.splitlines() if "error:" in line] and "Traceback" not in err
     assert uris_pandas(dst) == before                      # the current version: the old rows, whole
     (tiny_disk / "filler").unlink()
@@ -203,3 +211,52 @@ def test_skipped_extensions_are_counted_beside_images(run_dir, tmp_path, capsys)
     assert cli.main(["classify", "--run-dir", run_dir, "--input", str(src), "--output", str(tmp_path / "dst")]) == 0
     out, err = capsys.readouterr()
     assert "warning: not image files, left out: 2 .webp, 1 .txt" in err and "2 inputs" in out
+
+
+@pytest.mark.slow
+def test_dst_deleted_while_the_job_runs_is_one_line_and_the_rerun_works(run_dir, tmp_path):
+    src, dst, p = running_after_two_commits(run_dir, tmp_path)
+    os.rename(dst, tmp_path / "deleted")                   # the attack: DST is gone (rm -r, atomically)
+    shutil.rmtree(tmp_path / "deleted")
+    code, _, err = finish(p)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith(f"{dst}: DST was deleted while the job ran; nothing more was "
+                                                   "committed; run the same command again to start over")
+    assert not dst.exists()                                # no _alle_dist, no orphan data file
+    code, out, err = finish(spawn(run_dir, dst, "--input", src))   # the same command starts over
+    assert code == 0, err[-2000:]
+    assert uris_pandas(dst) == Counter(all_uris(src)) and "40 inputs: 40 classified" in out
+
+
+_RAY_CANT_START = """
+import sys
+sys.path.insert(0, {root!r})
+import ray._private.services as services
+
+def node_never_registers(*args, **kwargs):   # what a raylet too slow to register looks like to ray.init
+    raise RuntimeError("node info not found")
+
+services.get_node = node_never_registers
+from alle_dist import cli
+sys.exit(cli.main(["classify", "--run-dir", {run_dir!r}, "--input", {src!r}, "--output", {dst!r}]))
+"""
+
+
+@pytest.mark.slow
+def test_ray_start_up_timing_out_is_one_line_with_the_hint(run_dir, tmp_path):
+    write_images(tmp_path / "src", 2, size=32)
+    code = _RAY_CANT_START.format(root=str(ROOT), run_dir=run_dir, src=str(tmp_path / "src"), dst=str(tmp_path / "dst"))
+    env = {**os.environ, "ALLE_DIST_RAY_START_ATTEMPTS": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    p = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        rc, _, err = finish(p, timeout=300)                # Ray's own wait for the raylet is 30 s
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)               # whatever the failed start left running
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    assert len(errors) == 1 and "a local Ray did not start in time after 1 attempt(s) (The current node timed out" in errors[0]
+    assert "run the same command again when the machine is less busy, or allow more attempts with " \
+           "ALLE_DIST_RAY_START_ATTEMPTS=N" in errors[0]

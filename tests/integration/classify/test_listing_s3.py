@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alle_dist.classify.listing import list_inputs, read_input_list
+from alle_dist.classify.input_list import read_input_list
+from alle_dist.classify.listing import list_inputs
 from alle_dist.errors import StorageError
 
 # > 1000 keys in one "folder" (moto, like S3, pages at 1000) and a few levels of nesting.
@@ -100,3 +101,28 @@ def test_an_input_list_stored_in_s3(s3_bucket):
     rows = [r for t in read_input_list(f"s3://{archive}/lists/inv.parquet") for r in t.to_pylist()]
     assert [(r["uri"], r["size"]) for r in rows] == [(f"s3://{archive}/arch/top.jpeg", 0),
                                                     (f"s3://{archive}/arch/flat/00001.jpg", 1)]
+
+
+def test_keys_with_dot_dotdot_and_empty_segments_are_listed_and_read_literally(s3_bucket):
+    """S3 keys are plain strings: `odd/./a.jpg` is its own object. pyarrow's S3 filesystem drops
+    such segments (another object, or none) and refuses an empty one (ArrowInvalid)."""
+    import boto3
+
+    from alle_dist.errors import InputError
+    from alle_dist.io import storage
+    from alle_dist.models.inference import read_input
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = ["odd/./dot.jpg", "odd/x/../dotdot.jpg", "odd//double.jpg", "odd/ok.jpg", "odd/dot.jpg"]
+    for k in keys:
+        s3.put_object(Bucket=s3_bucket, Key=k, Body=k.encode())
+    s3.put_object(Bucket=s3_bucket, Key="odd/.git/h.jpg", Body=b"hidden")
+    listed = [r["uri"] for t in list_inputs(f"s3://{s3_bucket}/odd") for r in t.to_pylist()]
+    assert sorted(listed) == sorted(f"s3://{s3_bucket}/{k}" for k in keys)
+    for k in keys:
+        assert storage.read_bytes(f"s3://{s3_bucket}/{k}") == k.encode()
+    for k in ("odd//gone.jpg", "odd/./gone.jpg"):
+        with pytest.raises(InputError, match=r"^not found \(no such file or object\)$"):
+            read_input(f"s3://{s3_bucket}/{k}", listed=False)
+        with pytest.raises(InputError, match="vanished between listing and reading"):
+            read_input(f"s3://{s3_bucket}/{k}")

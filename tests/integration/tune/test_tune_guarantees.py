@@ -51,3 +51,39 @@ def test_guarantees_recorded_and_gamma_by_sgr(ray_local, tmp_path):
     rows = EV.guarantee_rows(data, spec, g)
     assert [r["basis"] for r in rows][::2] == ["conformal, calibration-conditional", "SGR"]
     assert rows[2]["bound"] == sgr["risk_bound"]
+
+
+def _write_lab(run_dir, n: int = 200):
+    """A small lab's validation files: n labelled images, image scores for every one, no out-of-fold."""
+    import numpy as np
+
+    from helpers_probs import write_probs
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, n)
+    paths = [f"{['Benign', 'Early', 'Pre', 'Pro'][c]}/lab{i}.jpg" for i, c in enumerate(y)]
+    image = rng.chisquare(20, n)
+    for b in BACKBONES:
+        p = rng.dirichlet(np.ones(4), n) + 2.0 * np.eye(4)[y]
+        write_probs(run_dir, b, "val", paths, y, p / p.sum(1, keepdims=True), image=image)
+        storage.write_bytes(str(run_dir / "models" / b / "test_probs.parquet"), b"not parquet")   # never read
+
+
+@pytest.mark.ray
+def test_a_small_lab_gets_a_working_default_with_an_honest_referral_rate(ray_local, tmp_path, capsys):
+    _write_lab(tmp_path, 200)                              # 200 calibration images: 0.01 at 95 % needs 299
+    assert run_stage("tune", _args(tmp_path)) == 0         # the defaults
+    out = capsys.readouterr().out
+    said = ("tune: the default referral rate 0.01 needs 299 calibration images at confidence 0.95; this run has "
+            "200, so the image rule guarantees the smallest rate they support, 0.015 (--referral-rate sets it)")
+    assert said in out.splitlines()
+    g = storage.read_json(str(tmp_path / "ensemble.json"))["guarantees"]
+    assert g["alpha"] == 0.015 and g["alpha_chosen"] == said[len("tune: "):]
+    assert g["image_rule"]["alpha"] == 0.015 and g["image_rule"]["alpha_bound"] <= 0.015 and g["image_rule"]["n_val"] == 200
+    # An α given explicitly is never replaced: infeasible, it fails and says what this set could guarantee.
+    assert run_stage("tune", _args(tmp_path, "--referral-rate", "0.01")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "n_required=299" in err and "could guarantee --referral-rate 0.015" in err
+    (tmp_path / "cfg.yaml").write_text("tune:\n  referral_rate: 0.01\n")
+    assert run_stage("tune", _args(tmp_path, "--config", tmp_path / "cfg.yaml")) == 2
+    assert "could guarantee --referral-rate 0.015" in capsys.readouterr().err

@@ -13,8 +13,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from alle_dist.classify.listing import (INPUT_SCHEMA, LINK_SEEN, NO_EXT, list_inputs, path_to_uri,
-                                        read_input_list, uri_to_path)
+from alle_dist.classify.input_list import read_input_list
+from alle_dist.classify.listing import INPUT_SCHEMA, LINK_SEEN, NO_EXT, list_inputs, path_to_uri, uri_to_path
 from alle_dist.errors import StorageError
 
 NOBODY = 65534
