@@ -2,15 +2,18 @@
 
 The demo stands in timm's tiny `test_resnet` and `test_efficientnet` for ResNet-50 and
 DenseNet-201 at 96 px so that the whole pipeline runs in minutes on a laptop's CPU; every stage
-is the real one (Ray Data, Ray Train, Ray Tune), driven exactly as `alle-dist <stage>` is.
+is the real one (Ray Data, Ray Train, Ray Tune), driven exactly as `alle-dist <stage>` is; at the end the
+ensemble is exported as a model bundle (RUN/bundle, with its model card).
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+from .bundle import BundleDir
 from .io import storage
 from .rundir import RunDir
+
 
 def _run(stage: str, argv: list) -> None:
     from .cli import get_args_parser, run_stage
@@ -42,11 +45,13 @@ def main(args: argparse.Namespace) -> int:
     _run("evaluate", ["--run-dir", run])
     out = storage.join(run, "classified")
     _run("classify", ["--run-dir", run, "--input", data, "--output", out])
-    print(summary(run, out, time.time() - t0))
+    bundle = BundleDir(storage.join(run, "bundle"))
+    _run("export", ["--run-dir", run, "--output", bundle.root])
+    print(summary(run, out, time.time() - t0, bundle))
     return 0
 
 
-def summary(run: str, out: str, seconds: float) -> str:
+def summary(run: str, out: str, seconds: float, bundle: BundleDir | None = None) -> str:
     from deltalake import DeltaTable
 
     from .classify.store import ResultStore
@@ -66,6 +71,8 @@ def summary(run: str, out: str, seconds: float) -> str:
         f"({referred / max(len(ok), 1):.1%})",
         f"  report                      {RunDir(run).report_file(RunDir.REPORT_HTML)}",
         f"  classification table        {out} (Delta Lake, one row per image uri)",
+        *([f"  model bundle                {bundle.root} (classify --model {bundle.root})",
+           f"  model card                  {bundle.model_card}"] if bundle else []),
         f"  pipeline time               {seconds:.0f} s",
     ]
     return "\n".join(lines)
