@@ -36,13 +36,13 @@ def open_tracker(flag: str | None, stage: str, run_dir: str) -> "Tracker | None"
     if uri is None:
         return None
     try:
-        from mlflow.tracking import MlflowClient
+        import mlflow  # noqa: F401
     except ImportError:
         raise ConfigError(f"--mlflow {uri}: the mlflow package is not installed; {EXTRA}, or drop --mlflow "
                           f"(and unset {URI_ENV})") from None
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
-    return Tracker(MlflowClient(tracking_uri=uri), uri, stage, run_dir)
+    return Tracker(uri, stage, run_dir)
 
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -61,12 +61,15 @@ def _check_server(uri: str, timeout_s: float = 5.0) -> None:
 class Tracker:
     """One stage's connection to MLflow: opens (or creates) the experiment, starts runs."""
 
-    def __init__(self, client, uri: str, stage: str, run_dir: str):
-        self.client, self.uri, self.stage, self.run_dir = client, uri, stage, run_dir
+    def __init__(self, uri: str, stage: str, run_dir: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.stage, self.run_dir = uri, stage, run_dir
         name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
-        try:
-            found = client.get_experiment_by_name(name)
-            self.experiment_id = found.experiment_id if found else _create(client, name)
+        try:   # the store is opened here: a refused store (e.g. MLflow 3's file store) is one line now
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(name)
+            self.experiment_id = found.experiment_id if found else _create(self.client, name)
         except Exception as exc:  # noqa: BLE001 - any client failure here is the user's store or server
             raise UsageError(f"--mlflow {uri}: can't open the experiment {name!r} "
                              f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "

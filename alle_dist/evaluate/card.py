@@ -169,8 +169,9 @@ def _details(f: dict, version: str | None) -> list[str]:
     for b, m in f["members"].items():
         seg = "HSV-segmented" if m["segmented"] else "original"
         v = ", ".join(f"{k} {x}" for k, x in m["versions"].items())
-        lines.append(f"| {b} | {m['architecture']} | {m['image_size']} px, {seg} | {m['pretrained']} | "
-                     f"{m['epochs']} ({m['best_epoch']}) | {m['lr']} | {m['batch_size']} | {v} |")
+        d = {k: "–" if x is None else x for k, x in m.items()}
+        lines.append(f"| {b} | {d['architecture']} | {d['image_size']} px, {seg} | {d['pretrained']} | "
+                     f"{d['epochs']} ({d['best_epoch']}) | {d['lr']} | {d['batch_size']} | {v or '–'} |")
     return lines
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 
 import numpy as np
 
@@ -72,7 +73,9 @@ def to_onnx(predictor, opset: int) -> bytes:
     example = torch.zeros((2, s, s, 3), dtype=torch.uint8)
     buf = io.BytesIO()
     axes = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}}
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The spatial size is fixed by design (S × S, the member's input): the tracer's note on it is expected.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(_served(predictor), (example,), buf, input_names=[INPUT], output_names=list(OUTPUTS),
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     data = buf.getvalue()
