@@ -73,6 +73,12 @@ class BundleDir:
         return storage.exists(self.hashes)
 
 
+def is_bundle_path(rel: str) -> bool:
+    """Whether a relative path is one a bundle holds (an interrupted export may be replaced; other files never)."""
+    top = rel.split("/", 1)[0]
+    return top in (RunDir.MODELS, BundleDir.ONNX) or rel in (RunDir.ENSEMBLE, BundleDir.METADATA, BundleDir.MODEL_CARD)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -14,7 +14,7 @@ import logging
 import sys
 
 from .. import config
-from ..bundle import BundleDir, bundle_id, read_metadata, verify, write_hashes, write_zip
+from ..bundle import BundleDir, bundle_id, is_bundle_path, read_metadata, verify, write_hashes, write_zip
 from ..errors import StorageError
 from ..io import storage
 from ..rundir import ModelDir, RunDir
@@ -56,9 +56,14 @@ def export(run_dir: str, output: str, cfg: config.ExportConfig, parity_data: str
 
 def _already(b: BundleDir, model_sha256: str, version: str) -> bool:
     """True when `b` is a verified bundle of these models at this version; refuses any other content."""
-    if not storage.exists(b.root) or not storage.list_files(b.root):
+    present = [rel for rel, _ in storage.list_files(b.root)] if storage.exists(b.root) else []
+    if not present:
         return False
     if not b.is_complete():
+        strangers = [rel for rel in present if not is_bundle_path(rel)]
+        if strangers:
+            raise StorageError(f"{b.root}: holds files that are not a bundle's ({', '.join(strangers[:3])}); "
+                               "export into a new or empty folder")
         log.warning("%s: an incomplete bundle (an interrupted export, no %s): writing it again", b.root, b.HASHES)
         storage.delete(b.root)
         return False

@@ -94,6 +94,12 @@ def test_export_is_a_no_op_on_the_same_bundle_and_refuses_another(exported, tmp_
     (partial / "models" / "junk").write_text("left by an interrupted export")
     export_stage.export(str(run), str(partial), config.ExportConfig())
     assert verify(str(partial)) and not (partial / "models" / "junk").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    with pytest.raises(StorageError, match=r"holds files that are not a bundle's \(notes.txt\)"):
+        export_stage.export(str(run), str(mine), config.ExportConfig())
+    assert (mine / "notes.txt").read_text() == "a user's file"
 
 
 def test_a_zip_unpacks_to_the_same_verified_bundle(exported, tmp_path):
