@@ -145,7 +145,7 @@ def _pct(v) -> str:
 def _ci(k: int, n: int) -> str:
     """'97.50 % (95 % CI 93.1–99.3 %, k/n)': a proportion with its exact Clopper-Pearson interval."""
     if not n:
-        return "– (no images)"
+        return "– (n = 0)"
     lo, hi = binomial_interval(int(k), int(n), CONFIDENCE)
     return f"{_pct(k / n)} (95 % CI {100 * lo:.2f}–{100 * hi:.2f} %, {int(k)}/{int(n)})"
 

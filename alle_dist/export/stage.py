@@ -80,11 +80,10 @@ def _copy_member(src: ModelDir, dst: ModelDir, meta: dict) -> dict:
     """The member's files, byte for byte (their sha256 are in its meta.json, whose own hash is the model id)."""
     from ..models import persistence, preprocessing
 
-    files = {ModelDir.META: meta[persistence.INTEGRITY],
-             meta.get("weights_file", ModelDir.WEIGHTS): meta["sha256"]}
+    files = {meta.get("weights_file", ModelDir.WEIGHTS): meta["sha256"]}   # what meta.json records of each
     if meta.get("ood"):
         files[meta["ood"]["file"]] = meta["ood"]["sha256"]
-    for name in files:
+    for name in (ModelDir.META, *files):
         storage.write_bytes(dst.file(name), storage.read_bytes(src.file(name)))
     rel = dst.root.rsplit("/", 2)
     return contents.member_record(meta, persistence.model_id(meta), preprocessing.read(meta),
