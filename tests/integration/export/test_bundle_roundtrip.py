@@ -138,7 +138,7 @@ def test_onnx_matches_torch_on_real_images(demo, capsys):
     pytest.importorskip("onnxruntime")
     out = demo["tmp"] / "onnx-bundle"
     code = cli.main(["export", "--run-dir", str(demo["run"]), "--output", str(out), "--onnx",
-                     "--parity-data", str(demo["data"]), "--parity-images", "6"])
+                     "--parity-images", "6"])     # the run's test split: real images, trained members
     printed = capsys.readouterr().out
     assert code == 0, printed
     diffs = [float(x) for x in re.findall(r"max \|p_onnx - p_torch\| = (\S+) over 6 images", printed)]

@@ -144,3 +144,20 @@ def test_onnx_without_its_packages_is_one_line_naming_the_extra(exported, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install 'alle-dist[onnx]'" in err[0], err
     assert not (tmp_path / "b").exists()
+
+
+def test_onnx_members_match_torch_on_real_images(tmp_path, leukemia_dir, capsys):
+    """export --onnx --parity-data: tiny members at 64 px, four real images through the one preprocessing
+    path; onnxruntime's probabilities within 1e-5 of the torch Predictor's, opset recorded."""
+    pytest.importorskip("onnxruntime")
+    import re
+
+    run = make_run_dir(tmp_path / "run", image_size=64)
+    code = cli.main(["export", "--run-dir", str(run), "--output", str(tmp_path / "b"), "--onnx",
+                     "--parity-data", str(leukemia_dir / "Original"), "--parity-images", "4"])
+    printed = capsys.readouterr().out
+    diffs = [float(x) for x in re.findall(r"max \|p_onnx - p_torch\| = (\S+) over 4 images", printed)]
+    assert code == 0 and len(diffs) == 2 and max(diffs) < 1e-5, printed
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["onnx"]["opset"] == 17 and meta["onnx"]["members"]["test_resnet"]["parity"]["same_argmax"]
+    assert verify(str(tmp_path / "b")) and (tmp_path / "b" / "onnx" / "test_efficientnet.onnx").is_file()
