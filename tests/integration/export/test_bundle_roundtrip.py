@@ -6,6 +6,8 @@ torch on real images; and a folder classified from the bundle alone — the run 
 first — gives rows identical to classifying it from the run."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -76,14 +78,16 @@ def demo(tmp_path_factory, leukemia_dir, mlflow_server):
     os.environ.update(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME=experiment)
     init_ray(num_cpus=4)
     run = tmp / "run"
+    printed = io.StringIO()
     try:
-        code = cli.main(["demo", "--data", str(data), "--run-dir", str(run), "--epochs", str(EPOCHS),
-                         "--image-size", "64"])
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(["demo", "--data", str(data), "--run-dir", str(run), "--epochs", str(EPOCHS),
+                             "--image-size", "64"])
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    assert code == 0
-    return {"tmp": tmp, "data": data, "run": run, "experiment": experiment, "url": mlflow_server,
+    assert code == 0, printed.getvalue()[-3000:]
+    return {"printed": printed.getvalue(), "tmp": tmp, "data": data, "run": run, "experiment": experiment, "url": mlflow_server,
             "metrics": json.loads((run / "report" / "metrics.json").read_text()),
             "ensemble_sha256": __import__("hashlib").sha256((run / "ensemble.json").read_bytes()).hexdigest()}
 
@@ -120,6 +124,8 @@ def test_the_model_card_renders_with_every_section_and_the_run_numbers(demo):
 
     from alle_dist.evaluate.card import SECTIONS
 
+    card_line = re.search(r"^  model card +(\S+)$", demo["printed"], re.M)
+    assert card_line and Path(card_line.group(1)) == demo["run"] / "bundle" / "model_card.md", demo["printed"][-2000:]
     text = (demo["run"] / "bundle" / "model_card.md").read_text()
     _, front, body = text.split("---\n", 2)
     meta = yaml.safe_load(front)
