@@ -101,7 +101,11 @@ def main(args: argparse.Namespace) -> int:
     doc = evaluate_run(args.run_dir, job_cfg.evaluate)
     config.save_resolved(RunDir(args.run_dir).config("evaluate"), job_cfg, run_dir=args.run_dir)
     if tracker is not None:
-        track(tracker, args.run_dir, doc, job_cfg.evaluate)
+        try:
+            track(tracker, args.run_dir, doc, job_cfg.evaluate)
+        except Exception as exc:  # noqa: BLE001 - the report is written; a tracking server gone since is a warning
+            log.warning("MLflow: evaluation not recorded (%s); the report is in %s", storage.first_line(exc),
+                        RunDir(args.run_dir).report)
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")
