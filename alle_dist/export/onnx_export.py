@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from .. import schema
 from ..errors import ConfigError, StorageError, UsageError
 from ..io import storage
 from ..rundir import RunDir
@@ -96,7 +97,7 @@ def parity_uris(run: RunDir, parity_data: str | None, n: int) -> list[str]:
 
     table, source, _ = read_manifest(run)
     rows = sorted(p for p, s, st in zip(*(table.column(c).to_pylist() for c in ("path", "split", "status")))
-                  if s == "test" and st == "ok")
+                  if s == schema.TEST and st == schema.OK)
     return [image_uri(source, p) for p in rows[:n]]
 
 
