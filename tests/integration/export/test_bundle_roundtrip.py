@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,9 +45,11 @@ def mlflow_server(tmp_path_factory):
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--workers", "1",
-                             "--default-artifact-root", str(root / "artifacts")], stdout=log, stderr=log)
+                             "--default-artifact-root", str(root / "artifacts")], stdout=log, stderr=log,
+                            # its own process group (uvicorn is a child); no job runner (7 huey consumers)
+                            start_new_session=True, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300   # minutes on a loaded 2-core machine (uvicorn + the app import)
     while time.time() < deadline:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2).read()
@@ -55,10 +58,14 @@ def mlflow_server(tmp_path_factory):
             assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
             time.sleep(1)
     else:
-        pytest.fail("mlflow server did not start in 120 s: " + (root / "server.log").read_text()[-3000:])
+        pytest.fail("mlflow server did not start in 300 s: " + (root / "server.log").read_text()[-3000:])
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
