@@ -15,9 +15,12 @@ from .io import storage
 from .rundir import RunDir
 
 
-def _run(stage: str, argv: list) -> None:
+def _run(stage: str, argv: list, config: str | None = None) -> None:
+    """One stage, as `alle-dist <stage> ARGV` (with the demo's --config YAML, whose sections the flags override)."""
     from .cli import get_args_parser, run_stage
     from .errors import UsageError
+
+    argv = [*argv, *(["--config", config] if config else [])]
 
     print(f"\n=== alle-dist {stage} {' '.join(map(str, argv))}", flush=True)
     t0 = time.time()
@@ -37,16 +40,16 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.num_cpus)
     backbones = args.backbones.split(",")
     t0 = time.time()
-    _run("prepare", ["--data", data, "--run-dir", run, "--seed", args.seed])
+    _run("prepare", ["--data", data, "--run-dir", run, "--seed", args.seed], args.config)
     for b in backbones:
         _run("train", ["--run-dir", run, "--backbone", b, "--epochs", args.epochs, "--image-size",
-                       args.image_size, "--pretrained", "none", "--seed", args.seed, "--lr", "3e-3"])
-    _run("tune", ["--run-dir", run, "--backbones", args.backbones, "--num-samples", 10])
-    _run("evaluate", ["--run-dir", run])
+                       args.image_size, "--pretrained", "none", "--seed", args.seed, "--lr", "3e-3"], args.config)
+    _run("tune", ["--run-dir", run, "--backbones", args.backbones, "--num-samples", 10], args.config)
+    _run("evaluate", ["--run-dir", run], args.config)
     out = storage.join(run, "classified")
-    _run("classify", ["--run-dir", run, "--input", data, "--output", out])
+    _run("classify", ["--run-dir", run, "--input", data, "--output", out], args.config)
     bundle = BundleDir(storage.join(run, "bundle"))
-    _run("export", ["--run-dir", run, "--output", bundle.root])
+    _run("export", ["--run-dir", run, "--output", bundle.root], args.config)
     print(summary(run, out, time.time() - t0, bundle))
     return 0
 
