@@ -25,7 +25,8 @@ import pytest
 
 from alle_dist import cli
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+# ~4-5 min on 2 cores (an MLflow server, two trainings, tune, evaluate, two classify runs): the slow tier.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]
 CLASSES = ("Benign", "Early", "Pre", "Pro")
 PER_CLASS, EPOCHS = 12, 2
 ROW_KEYS = ("run_id", "classified_at")   # per classify run by design; every other column must match
@@ -85,10 +86,11 @@ def demo(tmp_path_factory, leukemia_dir, mlflow_server):
     os.environ.update(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME=experiment)
     init_ray(num_cpus=4)
     run = tmp / "run"
-    # 48 images leave ~30 calibration images: too few for the default 1 %-at-95 % image-rule guarantee
-    # (n >= 299); the uncalibrated quantile instead, through the demo's --config like any stage setting.
+    # 48 images: a quarter of the training split for validation (the default 10 % leaves none), and too
+    # few calibration images for the default 1 %-at-95 % image-rule guarantee (n >= 299): the uncalibrated
+    # quantile instead. Through the demo's --config, like any stage setting.
     job = tmp / "job.yaml"
-    job.write_text("tune:\n  referral_rate: null\n")
+    job.write_text("prepare:\n  val_fraction: 0.25\ntune:\n  referral_rate: null\n")
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
