@@ -20,6 +20,7 @@ STAGES = {
     "tune": (flags.tune, "alle_dist.tune.stage"),
     "evaluate": (flags.evaluate, "alle_dist.evaluate.stage"),
     "classify": (flags.classify, "alle_dist.classify.stage"),
+    "export": (flags.export, "alle_dist.export.stage"),
     "review": (flags.review, "alle_dist.review.stage"),
     "audit": (flags.audit, "alle_dist.audit.stage"),
     "demo": (flags.demo, "alle_dist.demo"),

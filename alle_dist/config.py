@@ -3,7 +3,7 @@
 Precedence: the dataclass defaults < the stage's section of a YAML file (`--config FILE`) <
 the command line. Every stage saves the resolved config beside its outputs (`save_resolved`).
 A YAML section is named like the stage (`prepare:`, `segment:`, `augment:`, `train:`, `tune:`,
-`evaluate:`, `classify:`, `review:`, `audit:`); an unknown key is an error that lists the valid ones, a value of the wrong
+`evaluate:`, `classify:`, `review:`, `audit:`, `export:`); an unknown key is an error that lists the valid ones, a value of the wrong
 type an error that names it (`build` checks every value against the field's annotation).
 
 Command-line flags are generated from the fields (`add_flags`, `overrides`), so a flag and its YAML
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -242,10 +243,31 @@ class AuditConfig:
                f"audit.confidence={self.confidence}: must be in (0, 1), e.g. 0.95")
 
 
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    version: str = "1.0.0"             # the bundle's version (semantic versioning, as MONAI bundles)
+    changelog: str | None = None       # this version's entry in metadata.json's changelog
+    license: str = "apache-2.0"        # the model card's license (Hugging Face identifiers)
+    zip: bool = False                  # also write BUNDLE.zip
+    onnx: bool = False                 # also write each member as ONNX, parity checked with onnxruntime
+    onnx_opset: int = 17
+    parity_images: int = 8             # real images the ONNX parity check runs on
+    parity_tolerance: float = 1e-4     # largest |p_onnx - p_torch| accepted
+
+    def __post_init__(self):
+        _check(bool(_SEMVER.match(self.version)), f"export.version={self.version!r}: give MAJOR.MINOR.PATCH, e.g. 1.0.0")
+        _check(7 <= self.onnx_opset <= 23, f"export.onnx_opset={self.onnx_opset}: must be in 7..23 (default 17)")
+        _check(self.parity_images >= 1, f"export.parity_images={self.parity_images}: must be >= 1")
+        _check(0 < self.parity_tolerance < 1, f"export.parity_tolerance={self.parity_tolerance}: must be in (0, 1)")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "prepare": PrepareConfig, "segment": SegmentConfig, "augment": AugmentConfig,
     "train": TrainConfig, "tune": TuneConfig, "evaluate": EvaluateConfig, "classify": ClassifyConfig,
-    "review": ReviewConfig, "audit": AuditConfig,
+    "review": ReviewConfig, "audit": AuditConfig, "export": ExportConfig,
 }
 
 
@@ -264,6 +286,7 @@ class JobConfig:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from .config import (CONTROLS, AuditConfig, ClassifyConfig, EvaluateConfig, PrepareConfig, ReviewConfig, SegmentConfig,
-                     TrainConfig, TuneConfig, TUNE_OBJECTIVES, add_flags)
+from .config import (CONTROLS, AuditConfig, ClassifyConfig, EvaluateConfig, ExportConfig, PrepareConfig, ReviewConfig,
+                     SegmentConfig, TrainConfig, TuneConfig, TUNE_OBJECTIVES, add_flags)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -48,6 +48,13 @@ def segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=int, default=None, help="concurrent Ray Data tasks (default: Ray decides)")
 
 
+def mlflow(p: argparse.ArgumentParser) -> None:
+    """Opt-in experiment tracking (alle_dist.tracking): on train, tune and evaluate."""
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="log to MLflow: a tracking server (http://host:5000) or a local store; default: "
+                        "$MLFLOW_TRACKING_URI, else off (needs pip install 'alle-dist[mlflow]')")
+
+
 def hsv(p: argparse.ArgumentParser) -> None:
     """The HSV segmentation thresholds (the `segment:` section): on `segment`, and on `train`, whose
     models record them as their preprocessing (docs/segmentation.md)."""
@@ -76,6 +83,7 @@ def train(p: argparse.ArgumentParser) -> None:
     }, extra={"control": {"choices": CONTROLS}})
     hsv(p)
     p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
+    mlflow(p)
 
 
 def tune(p: argparse.ArgumentParser) -> None:
@@ -99,6 +107,7 @@ def tune(p: argparse.ArgumentParser) -> None:
                         "(the `train:` section of --config sets the rest, e.g. backbone and epochs)")
     # Sets train.backbone (tune's own --seed is tune.seed): see tune.stage.main.
     p.add_argument("--backbone", default=None, help="--tune-training: the backbone to train (default train.backbone)")
+    mlflow(p)
 
 
 def _rate(text: str):
@@ -111,11 +120,15 @@ def evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="run directory (local or s3://) with ensemble.json and models/")
     add_flags(p, EvaluateConfig, {"max_corrections_copied": "copy at most this many correction images "
                                                             "(the CSV lists all)"})
+    mlflow(p)
 
 
 def classify(p: argparse.ArgumentParser) -> None:
     """Bulk classification of an image store (local or s3://) into a Delta Lake table."""
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run-dir", metavar="RUN", help="run directory with trained models and a tuned ensemble")
+    model.add_argument("--model", metavar="BUNDLE", help="a model bundle (alle-dist export), local or s3://: "
+                       "the same rows and model_sha256 as the run it was exported from")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="SRC", help="folder or s3://bucket/prefix of images (recursive)")
     src.add_argument("--input-list", metavar="FILE", help="Parquet or CSV of input URIs (a `uri` column, or "
@@ -131,6 +144,21 @@ def classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-size", action="store_true",
                    help="on a rerun, skip inputs on size + mtime (local) or ETag (S3) without reading them "
                         "(default: re-read and compare sha256)")
+
+
+def export(p: argparse.ArgumentParser) -> None:
+    """A trained ensemble as a versioned, hashed bundle with a model card (and ONNX on request)."""
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
+    p.add_argument("--output", required=True, metavar="BUNDLE", help="the bundle's folder (local or s3://); one per version")
+    add_flags(p, ExportConfig, {
+        "version": "bundle version, MAJOR.MINOR.PATCH", "changelog": "this version's changelog entry",
+        "license": "the model card's license", "zip": "also write BUNDLE.zip",
+        "onnx": "also write each member as ONNX, parity-checked with onnxruntime (pip install 'alle-dist[onnx]')",
+        "onnx_opset": "ONNX opset", "parity_images": "images of the ONNX parity check",
+        "parity_tolerance": "largest accepted |p_onnx - p_torch|",
+    })
+    p.add_argument("--parity-data", default=None, metavar="SRC",
+                   help="images for the ONNX parity check (default: the run's test split)")
 
 
 def review(p: argparse.ArgumentParser) -> None:

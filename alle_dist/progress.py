@@ -111,10 +111,11 @@ class Relay:
     here by a thread. Ray's own forwarding of worker output is off by default (runtime), so this
     is how a line from inside Ray reaches the user."""
 
-    def __init__(self):
+    def __init__(self, on_metrics=None):
         from ray.util.queue import Queue
 
         self.queue = Queue(actor_options={"num_cpus": 0})
+        self.on_metrics = on_metrics   # an item `(line, metrics)` also hands its metrics to this (e.g. MLflow)
         self._stop = None
         self._thread = None
 
@@ -131,12 +132,25 @@ class Relay:
 
         while True:
             try:
-                log.info("%s", self.queue.get(timeout=0.5))
+                item = self.queue.get(timeout=0.5)
+                if isinstance(item, tuple):
+                    item, metrics = item
+                    self._hand_on(metrics)
+                log.info("%s", item)
             except Empty:
                 if self._stop.is_set():
                     return
             except Exception:  # noqa: BLE001 - the queue actor is gone (shutdown): nothing more to show
                 return
+
+    def _hand_on(self, metrics: dict) -> None:
+        if self.on_metrics is None:
+            return
+        try:
+            self.on_metrics(metrics)
+        except Exception as exc:  # noqa: BLE001 - a tracking server gone mid-run must not stop the work
+            log.warning("metrics not recorded (%s); the work goes on", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self.on_metrics = None
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

@@ -9,7 +9,7 @@
     RUN/tune_config.yaml
     RUN/tune_training.json          tune --tune-training: the best training setting
     RUN/tune_training/trial-NNN/    one nested run directory per training trial
-    RUN/report/                     evaluate: metrics.json, report.html, plots, corrections/
+    RUN/report/                     evaluate: metrics.json, report.html, model_card.md, plots, corrections/
 
 Stages ask a RunDir (or a ModelDir) for a URI; no other module spells one of these names.
 """
@@ -82,6 +82,7 @@ class RunDir:
     METRICS = "metrics.json"
     REPORT_HTML = "report.html"
     COMPARISON = "comparison.md"
+    MODEL_CARD = "model_card.md"         # also at the root of a model bundle (alle_dist.bundle)
     CORRECTIONS = "corrections"
 
     def __post_init__(self):
@@ -138,7 +139,7 @@ class RunDir:
                        if rel.endswith(done) and rel.count("/") == 1})
 
     def check_ready(self, stage: str) -> None:
-        """Before `stage` (train, tune, evaluate) starts Ray: RUN exists and holds what the earlier
+        """Before `stage` (train, tune, evaluate, export) starts its work: RUN exists and holds what the earlier
         stages wrote, else a StorageError naming the first step that is missing."""
         root = self.root
         if not storage.exists(root):
@@ -149,7 +150,7 @@ class RunDir:
         if stage in ("tune", "evaluate") and not self.trained_models():
             first = "train" if storage.exists(self.manifest) else "prepare --data SRC"
             raise StorageError(f"no trained models in {root}: run `alle-dist {first} --run-dir {root}` first")
-        if stage == "evaluate" and not storage.exists(self.ensemble):
+        if stage in ("evaluate", "export") and not storage.exists(self.ensemble):
             raise StorageError(f"no {self.ENSEMBLE} in {root}: run `alle-dist tune --run-dir {root}` first")
 
     @property

@@ -1,7 +1,7 @@
 """Classify, before any work: check the models (every hash) and plan what to read (Ray-free).
 
 `resolve_models` loads ensemble.json and checks every model file in the driver, so a damaged or
-tampered model stops the job before a worker starts. What to read is planned in classify.planning.
+tampered model stops the job before a worker starts; `model_root` verifies a model bundle first. What to read is planned in classify.planning.
 """
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ class Models:
     metas: dict
     model_sha256: str             # one hash over every backbone's identity (weights + meta + OOD stats) + ensemble.json
     hashes: dict = field(default_factory=dict)
+
+
+def model_root(run_dir: str | None, bundle_uri: str | None) -> str:
+    """Where the models are: RUN itself, or a model bundle (`--model`) after alle_dist.bundle.verify (format,
+    every file against SHA256SUMS). A bundle lays its models out as a run-directory subset, so
+    `resolve_models` checks it exactly as it checks RUN, and gets the same model_sha256."""
+    if bundle_uri is None:
+        return run_dir
+    from ..bundle import verify
+
+    return verify(bundle_uri).root
 
 
 def resolve_models(run_dir: str) -> Models:

@@ -23,15 +23,17 @@ def _run(args: argparse.Namespace, job_cfg) -> int:
     from ..errors import StorageError
     from ..io import storage
     from ..runtime import init_ray
+    from .resolve import model_root
     from .run import dead_runs, execute, setup
 
     # Every user error (DST, models, SRC, no images) surfaces here, before Ray starts.
-    job = setup(args.run_dir, args.input, args.output, job_cfg, input_list=args.input_list,
+    models_at = model_root(args.run_dir, getattr(args, "model", None))   # a bundle: verified first
+    job = setup(models_at, args.input, args.output, job_cfg, input_list=args.input_list,
                   start_ray=lambda: init_ray(args.num_cpus))
     where = job.store.side_path("classify_config.yaml")
     try:
-        config.save_resolved(where, job_cfg, run_dir=args.run_dir, input=args.input, input_list=args.input_list,
-                             output=args.output, run_id=job.run["run_id"])
+        config.save_resolved(where, job_cfg, run_dir=args.run_dir, model=getattr(args, "model", None), input=args.input,
+                             input_list=args.input_list, output=args.output, run_id=job.run["run_id"])
     except OSError as exc:   # e.g. a full disk: before any work, one line
         raise StorageError(f"{where}: can't be written ({storage.first_line(exc)}); free space or fix the "
                            "permissions, then rerun") from None

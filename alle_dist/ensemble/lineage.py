@@ -17,14 +17,15 @@ from ..rundir import RunDir
 
 def snapshot(run: RunDir, backbones) -> dict:
     """What the ensemble is made from: the manifest's identity (None in a run dir that ships models
-    without their manifest) and every member's model identity, after checking each member was trained
-    on that manifest."""
+    without their manifest, e.g. a model bundle) and every member's model identity, after checking each
+    member was trained on that manifest (where there is one)."""
     manifest = recorded_id(run) if storage.exists(run.manifest) else None
     models = {}
     for b in backbones:
         out = run.model(b)
         meta = persistence.read_meta(out.root)
-        provenance.check_trained_on(out, meta, manifest, b, run.root)
+        if manifest is not None:
+            provenance.check_trained_on(out, meta, manifest, b, run.root)
         models[b] = persistence.model_id(meta)
     return {"manifest": manifest, "models": models}
 

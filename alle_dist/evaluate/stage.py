@@ -23,7 +23,7 @@ log = logging.getLogger("alle_dist.evaluate")
 
 def evaluate_run(run_dir: str, cfg: config.EvaluateConfig) -> dict:
     """Everything: metrics.json's doc; writes the whole report (report.write_report)."""
-    from . import gallery, report
+    from . import card, gallery, report
 
     run = RunDir(run_dir)
     spec = weighted.load_spec(run_dir)
@@ -50,6 +50,7 @@ def evaluate_run(run_dir: str, cfg: config.EvaluateConfig) -> dict:
         doc["control"] = _control(run_dir, controls[0], models)
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
     report.write_report(run_dir, doc, gallery.build(run_dir, data, outputs, spec))
+    card.write(run_dir)                      # from metrics.json, just written
     return doc
 
 
@@ -78,15 +79,38 @@ def _guarantee_lines(doc: dict) -> list[str]:
     return lines
 
 
+def track(tracker, run_dir: str, doc: dict, cfg: config.EvaluateConfig) -> None:
+    """MLflow (opt-in): the test-split metrics, the lineage hashes as tags, the report and model card as artifacts."""
+    report = RunDir(run_dir).report
+    files = {rel: storage.read_bytes(storage.join(report, rel)) for rel, _ in storage.list_files(report)
+             if "/" not in rel or rel.endswith(".csv")}          # not the copied correction images
+    models = {name: {"accuracy": m["overall"]["accuracy"], "f1": m["overall"]["f1"], "ece": m["ece"]}
+              for name, m in doc["models"].items()}
+    with tracker.run(f"evaluate {RunDir(run_dir).root.rstrip('/').rsplit('/', 1)[-1]}", params={"evaluate": vars(cfg)},
+                     tags={"alle_dist.lineage": doc["lineage"]}) as r:
+        r.log_metrics({**{k: doc["overall"][k] for k in ("accuracy", "precision", "sensitivity", "specificity", "f1")},
+                       "coverage": doc["coverage"], "ece": doc["ece"], "n": doc["n"],
+                       "accuracy_on_accepted": doc["accuracy_on_accepted"], "models": models})
+        r.log_files(files, "report")
+
+
 def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
+    from ..tracking import open_tracker
 
     job_cfg = config.job_config(args.config, evaluate=config.overrides(args, config.EvaluateConfig))
     RunDir(args.run_dir).check_ready("evaluate")   # a wrong RUN fails in a second, before Ray starts
     weighted.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
+    tracker = open_tracker(getattr(args, "mlflow", None), "evaluate", args.run_dir)   # an unreachable server: now
     init_ray(args.num_cpus)
     doc = evaluate_run(args.run_dir, job_cfg.evaluate)
     config.save_resolved(RunDir(args.run_dir).config("evaluate"), job_cfg, run_dir=args.run_dir)
+    if tracker is not None:
+        try:
+            track(tracker, args.run_dir, doc, job_cfg.evaluate)
+        except Exception as exc:  # noqa: BLE001 - the report is written; a tracking server gone since is a warning
+            log.warning("MLflow: evaluation not recorded (%s); the report is in %s", storage.first_line(exc),
+                        RunDir(args.run_dir).report)
     o = doc["overall"]
     print(f"test n={doc['n']} coverage={doc['coverage']:.4f} accuracy={o['accuracy']:.4f} "
           f"macro F1={o['f1']:.4f} ece={doc['ece']:.4f} → {RunDir(args.run_dir).report}")

@@ -141,6 +141,14 @@ def binomial_upper(k, n, delta: float):
     return float(ub) if ub.ndim == 0 else ub
 
 
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The two-sided exact (Clopper-Pearson) `confidence` interval of a proportion, k events in n
+    trials: each side at (1 - confidence) / 2, so it never covers less than `confidence`."""
+    half = (1 - _check_level("confidence", confidence)) / 2
+    lower = 0.0 if k == 0 else float(special.betaincinv(k, n - k + 1, half))
+    return lower, binomial_upper(int(k), int(n), half)
+
+
 def binomial_exceeds(k: int, n: int, bound: float, delta: float) -> bool:
     """Whether k events in n trials show, at level δ, that the true rate is above `bound`: the
     one-sided exact binomial test P(Binomial(n, bound) ≥ k) < δ. A raw comparison k / n > bound

@@ -2,7 +2,7 @@
 
 Ray Train V2 calls a `ray.train.UserCallback` on its controller actor after every round of
 `ray.train.report`; `EpochLines` formats the line there and sends it to the driver through a
-`progress.Relay` (the driver is blocked in `fit()`).
+`progress.Relay` (the driver is blocked in `fit()`), with the epoch's metrics for MLflow (alle_dist.tracking).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class EpochLines(UserCallback):
         try:
             # The first epoch of a run includes Ray Data's start-up: leave it out of the ETA once possible.
             steady = self.seconds[1:] or self.seconds
-            self.queue.put_nowait(epoch_line(self.backbone, m, self.epochs, sum(steady) / len(steady)))
+            line = epoch_line(self.backbone, m, self.epochs, sum(steady) / len(steady))
+            numbers = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.queue.put_nowait((line, numbers))   # the driver logs the line, its metrics go to MLflow (opt-in)
         except Exception:  # noqa: BLE001 - a full or gone queue must never fail the training run
             pass

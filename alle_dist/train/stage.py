@@ -152,9 +152,10 @@ def _test_hooks(out: ModelDir, name: str) -> TestHooks:
 
 
 def fit(run: RunDir, job_cfg, backbone: str, classes: list[str], datasets: dict, manifest_id: str,
-        prep: preprocessing.Preprocessing, out: ModelDir | None = None):
+        prep: preprocessing.Preprocessing, out: ModelDir | None = None, tracked=None):
     """Run (or resume) the TorchTrainer of one backbone into `out` (default RUN/models/<backbone>);
-    returns the Ray Train Result. A checkpoint made from another manifest is refused, not resumed."""
+    returns the Ray Train Result. A checkpoint made from another manifest is refused, not resumed.
+    `tracked` (an MLflow run, alle_dist.tracking) gets each epoch's metrics, logged from the driver."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -168,7 +169,8 @@ def fit(run: RunDir, job_cfg, backbone: str, classes: list[str], datasets: dict,
         provenance.check_trained_on(out, previous, manifest_id, backbone, run.root)
         log.info("%s: resuming run %s after epoch %d", backbone, name, previous["epochs"][-1]["epoch"])
     fs, path = storage.resolve(out.checkpoints)
-    with Relay() as relay:   # one line per epoch on the driver (train.epoch_log)
+    on_metrics = (lambda m: tracked.log_metrics(m, step=int(m["epoch"]))) if tracked is not None else None
+    with Relay(on_metrics) as relay:   # one line per epoch on the driver (train.epoch_log)
         run_config = RunConfig(
             name=name, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=job_cfg.train.max_failures),
@@ -193,8 +195,9 @@ def publish(result, out: ModelDir) -> dict:
                                   best_epoch=best_epoch, last_epoch=last["epochs"][-1]["epoch"])
 
 
-def train_backbone(run_dir: str, job_cfg, retrain: bool = False) -> dict:
-    """Train (or resume, or skip when finished) `job_cfg.train.backbone`; returns its final meta."""
+def train_backbone(run_dir: str, job_cfg, retrain: bool = False, tracker=None) -> dict:
+    """Train (or resume, or skip when finished) `job_cfg.train.backbone`; returns its final meta. With a
+    `tracker` (alle_dist.tracking) the training is one MLflow run: the recipe, every epoch, the model id."""
     from .. import config
     from ..prepare.manifest import read_manifest
     from .posttrain import export_splits
@@ -215,18 +218,33 @@ def train_backbone(run_dir: str, job_cfg, retrain: bool = False) -> dict:
     config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), job_cfg, run_dir=run.root, backbone=backbone)
     datasets = _datasets(out, job_cfg, prep, splits, source, classes)
     t0 = time.perf_counter()
-    result = fit(run, job_cfg, backbone, classes, datasets, manifest_id, prep, out)
-    publish(result, out)
-    log.info("%s: scoring the train, val and test splits with the best model", backbone)
-    if train_cfg.control:
-        from .control import export_control
+    with _tracked(tracker, out, job_cfg, manifest_id) as tracked:
+        result = fit(run, job_cfg, backbone, classes, datasets, manifest_id, prep, out, tracked)
+        publish(result, out)
+        log.info("%s: scoring the train, val and test splits with the best model", backbone)
+        if train_cfg.control:
+            from .control import export_control
 
-        meta = export_control(out, splits, source, classes, _dataset_segment(job_cfg, prep), prep.image_size,
-                              train_cfg.control, prep.working_size)
-    else:
-        meta = export_splits(out, splits, source, classes)
+            meta = export_control(out, splits, source, classes, _dataset_segment(job_cfg, prep), prep.image_size,
+                                  train_cfg.control, prep.working_size)
+        else:
+            meta = export_splits(out, splits, source, classes)
+        if tracked is not None:   # the final identity: meta.json with its referral statistics
+            tracked.set_tags({"alle_dist.model_id": persistence.model_id(meta), "alle_dist.best_epoch": meta["best_epoch"]})
     log.info("%s: trained in %.0f s; best epoch %d", backbone, time.perf_counter() - t0, meta["best_epoch"])
     return meta
+
+
+def _tracked(tracker, out: ModelDir, job_cfg, manifest_id: str):
+    """The MLflow run of one backbone's training (a no-op context without a tracker)."""
+    import contextlib
+
+    if tracker is None:
+        return contextlib.nullcontext()
+    recipe = {k: v for k, v in job_cfg.to_dict().items() if k in ("train", "augment", "segment")}
+    name = out.root.rstrip("/").rsplit("/", 1)[-1]
+    return tracker.run(f"train {name}", params=recipe, tags={"alle_dist.backbone": name,
+                                                             "alle_dist.lineage.manifest": manifest_id})
 
 
 def _dataset_segment(job_cfg, prep: preprocessing.Preprocessing):
@@ -264,6 +282,7 @@ def main(args: argparse.Namespace) -> int:
 
     from .. import config
     from ..runtime import init_ray
+    from ..tracking import open_tracker
 
     job_cfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig),
                                 segment=config.overrides(args, config.SegmentConfig))
@@ -271,6 +290,7 @@ def main(args: argparse.Namespace) -> int:
     names = registry.expand(job_cfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds
         registry.check_pretrained(name, job_cfg.train.pretrained)
+    tracker = open_tracker(getattr(args, "mlflow", None), "train", args.run_dir)   # unreachable: fails now
     jobs = {name: dataclasses.replace(job_cfg, train=dataclasses.replace(job_cfg.train, backbone=name)) for name in names}
     # Finished backbones first, without Ray: their files are hashed (a damaged model is refused now)
     done = {n: train_backbone(args.run_dir, backbone_cfg) for n, backbone_cfg in jobs.items()
@@ -278,7 +298,7 @@ def main(args: argparse.Namespace) -> int:
     if len(done) < len(jobs):
         init_ray(args.num_cpus)
     for name, backbone_cfg in jobs.items():
-        meta = done.get(name) or train_backbone(args.run_dir, backbone_cfg, retrain=args.retrain)
+        meta = done.get(name) or train_backbone(args.run_dir, backbone_cfg, retrain=args.retrain, tracker=tracker)
         best = next(e for e in meta["epochs"] if e["epoch"] == meta["best_epoch"])
         print(f"{name}: best epoch {meta['best_epoch']} val_acc {best['val_acc']:.4f} "
               f"val_loss {best['val_loss']:.4f} → {_out(RunDir(args.run_dir), backbone_cfg.train).root}")

@@ -26,12 +26,12 @@ def _trial(params: dict, data: split_probs.SplitProbs, temperatures, fixed_refer
             "weights": list(w), "gamma": float(gamma), "source": source, "index": point["i"]}
 
 
-def search(data: split_probs.SplitProbs, temperatures, cfg: config.TuneConfig) -> list[dict]:
+def search(data: split_probs.SplitProbs, temperatures, cfg: config.TuneConfig, callbacks: list | None = None) -> list[dict]:
     """Every trial's result: the paper's grid (two backbones) then `num_samples` random settings.
 
     One Tuner run (its fixed cost is seconds): the grid points and `num_samples` "random" entries go
     through one grid_search; BasicVariantGenerator draws fresh uniform weights and γ for each entry,
-    which only the random entries (no "weights") use.
+    which only the random entries (no "weights") use. `callbacks`: more Tune callbacks (MLflow's).
     """
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -50,7 +50,7 @@ def search(data: split_probs.SplitProbs, temperatures, cfg: config.TuneConfig) -
     # Tune ignores TuneConfig(max_concurrent_trials) with a BasicVariantGenerator (it warns so): the
     # generator limits concurrency itself.
     results = run_tuner(trainable, space, BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
-                        "ensemble", callbacks=[trial_progress(len(points), cfg.objective)])
+                        "ensemble", callbacks=[trial_progress(len(points), cfg.objective), *(callbacks or [])])
     metrics = sorted(results, key=lambda m: m["index"])
     return [_keep(m, m["source"]) for m in metrics]
 

@@ -17,6 +17,7 @@ import logging
 from .. import config
 from ..ensemble import lineage, split_probs, weighted
 from ..errors import ConfigError, UsageError
+from ..io import storage
 from ..rundir import RunDir
 from . import search, select
 
@@ -47,13 +48,14 @@ def load_validation(run_dir: str, cfg: config.TuneConfig, check_rate: bool = Tru
 
 
 def run(run_dir: str, cfg: config.TuneConfig, data: split_probs.SplitProbs | None = None,
-        rate_note: str | None = None) -> dict:
+        rate_note: str | None = None, tracked=None) -> dict:
     """The whole stage on an initialised Ray: reads only the validation split; returns ensemble.json's doc.
-    `rate_note`: why the referral rate is not the default (select.supported_rate), kept in the guarantees."""
+    `rate_note`: why the referral rate is not the default (select.supported_rate), kept in the guarantees;
+    `tracked` (an MLflow run, alle_dist.tracking): every Tune trial becomes a child run of it."""
     data = data if data is not None else load_validation(run_dir, cfg)
     temps = tuple(select.fit_temperature(data.probs[b], data.y) if cfg.temperature_scaling else 1.0
                   for b in cfg.backbones)
-    trials = search.search(data, temps, cfg)
+    trials = search.search(data, temps, cfg, [tracked.tune_callback("ensemble")] if tracked is not None else None)
     best = select.select_best(trials, cfg.objective, cfg.min_coverage)
     best = select.sgr_gamma(data, temps, best, cfg) if cfg.gamma_by_sgr else best
     spec, metrics = select.finish(data, temps, best, cfg)
@@ -73,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..runtime import init_ray
+    from ..tracking import open_tracker
 
     # --backbone is train.backbone (for --tune-training); every other flag is a tune field.
     over = config.overrides(args, config.TuneConfig)
@@ -88,8 +91,10 @@ def main(args: argparse.Namespace) -> int:
     if args.tune_training:
         from .training import tune_training
 
+        tracker = open_tracker(getattr(args, "mlflow", None), "tune", args.run_dir)   # unreachable: fails now
         init_ray(args.num_cpus)
-        doc = tune_training(args.run_dir, job_cfg)
+        with _tracked(tracker, args.run_dir, job_cfg, "tune-training") as tracked:
+            doc = tune_training(args.run_dir, job_cfg, tracked)
         print(f"tune_training.json: best {doc['best']}")
         return 0
     explicit = "referral_rate" in over or getattr(args, "referral_rate", None) == _NONE or \
@@ -102,8 +107,15 @@ def main(args: argparse.Namespace) -> int:
         if note:
             print(f"tune: {note}")
         select.image_rule_refers(data, job_cfg.tune)   # still infeasible (NaN scores): one line here
+    tracker = open_tracker(getattr(args, "mlflow", None), "tune", args.run_dir)   # unreachable: fails now
     init_ray(args.num_cpus)
-    doc = run(args.run_dir, job_cfg.tune, data, note)
+    with _tracked(tracker, args.run_dir, job_cfg) as tracked:
+        doc = run(args.run_dir, job_cfg.tune, data, note, tracked)
+        if tracked is not None:
+            tracked.log_metrics({"validation": doc["metrics"]["validation"], "gamma": doc["gamma"]})
+            tracked.set_tags({"alle_dist.lineage": doc["lineage"],
+                              "alle_dist.lineage.ensemble": lineage.ensemble_sha256(RunDir(args.run_dir))})
+            tracked.log_files({RunDir.ENSEMBLE: storage.read_bytes(RunDir(args.run_dir).ensemble)})
     config.save_resolved(RunDir(args.run_dir).config("tune"), job_cfg, run_dir=args.run_dir)
     val = doc["metrics"]["validation"]
     weights = ", ".join(f"{b} {w:.2f}" for b, w in zip(doc["backbones"], doc["weights"]))
@@ -112,6 +124,16 @@ def main(args: argparse.Namespace) -> int:
           f"→ {RunDir(args.run_dir).ensemble}")
     print(guarantee_line(doc["guarantees"]))
     return 0
+
+
+def _tracked(tracker, run_dir: str, job_cfg, kind: str = "tune"):
+    """The parent MLflow run of a Tune search (a no-op context without a tracker)."""
+    import contextlib
+
+    if tracker is None:
+        return contextlib.nullcontext()
+    params = {k: v for k, v in job_cfg.to_dict().items() if k in (("tune",) if kind == "tune" else ("tune", "train"))}
+    return tracker.run(f"{kind} {RunDir(run_dir).root.rstrip('/').rsplit('/', 1)[-1]}", params=params)
 
 
 def guarantee_line(g: dict) -> str:

@@ -28,11 +28,12 @@ def _training_trial(params: dict, run_dir: str, job_cfg) -> dict:
             "lr": train_cfg.lr, "batch_size": train_cfg.batch_size, "run_dir": trial.root}
 
 
-def tune_training(run_dir: str, job_cfg) -> dict:
+def tune_training(run_dir: str, job_cfg, tracked=None) -> dict:
     """Random search over the training learning rate and batch size, each trial a real training run.
 
     Trials hold 0.01 CPU themselves (the TorchTrainer inside takes the real resources) and run one
-    at a time, since each training run sizes itself to the whole cluster. Writes RUN/tune_training.json."""
+    at a time, since each training run sizes itself to the whole cluster. Writes RUN/tune_training.json.
+    `tracked` (an MLflow run, alle_dist.tracking): every trial becomes a child run of it."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -41,7 +42,8 @@ def tune_training(run_dir: str, job_cfg) -> dict:
              "lr": tune.loguniform(*cfg.training_lr), "batch_size": tune.choice([16, 32, 64])}
     trainable = tune.with_resources(tune.with_parameters(_training_trial, run_dir=run_dir, job_cfg=job_cfg),
                                     {"cpu": 0.01})
-    results = run_tuner(trainable, space, BasicVariantGenerator(random_state=cfg.seed, max_concurrent=1), "training")
+    results = run_tuner(trainable, space, BasicVariantGenerator(random_state=cfg.seed, max_concurrent=1), "training",
+                        callbacks=[tracked.tune_callback("training")] if tracked is not None else None)
     trials = sorted(({k: m[k] for k in _KEPT} for m in results), key=lambda t: t["val_loss"])
     doc = {"backbone": job_cfg.train.backbone, "metric": "val_loss (min)", "best": trials[0], "trials": trials}
     storage.write_json(RunDir(run_dir).tune_training, doc)

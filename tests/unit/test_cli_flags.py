@@ -13,7 +13,7 @@ from alle_dist import config
 from alle_dist.cli import STAGES, get_args_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "ray", "pyarrow", "timm", "numpy")
+HEAVY = ("torch", "ray", "pyarrow", "timm", "numpy", "mlflow", "onnx", "onnxruntime")
 
 
 def test_help_imports_no_torch_ray_or_pyarrow():

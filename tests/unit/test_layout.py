@@ -9,8 +9,9 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "alle_dist"
 # Lower first: the foundation, the shared pieces, then the stages in the order data moves.
 LAYERS = [("errors", "schema", "constants"), ("io",), ("config",), ("rundir", "tables", "runtime", "progress"),
-          ("imaging",), ("models",), ("referral", "testing"), ("prepare",), ("segment",), ("train",), ("ensemble",),
-          ("tune",), ("evaluate",), ("classify",), ("review",), ("audit",), ("flags",), ("cli",), ("demo",)]
+          ("bundle", "tracking"), ("imaging",), ("models",), ("referral", "testing"), ("prepare",), ("segment",),
+          ("train",), ("ensemble",), ("tune",), ("evaluate",), ("classify",), ("export",), ("review",), ("audit",),
+          ("flags",), ("cli",), ("demo",)]
 # The Hugging Face Hub names its weights file like ours: the registry asks the Hub for that file.
 HUB_NAMES = {"model.safetensors": ("models/registry.py",)}
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -71,6 +72,14 @@ def test_run_directory_file_names_have_one_owner():
                   or f'{name}"' in p.read_text()]
         owners = [o for o in owners if o not in HUB_NAMES.get(name, ())]
         assert owners == ["rundir.py"], f"{name!r} is spelled in {owners}; ask rundir.RunDir/ModelDir instead"
+
+
+def test_bundle_file_names_have_one_owner():
+    from alle_dist.bundle import BundleDir
+
+    for name in (BundleDir.METADATA, BundleDir.HASHES, BundleDir.MODEL_CARD):
+        owners = [p.relative_to(PKG).as_posix() for p, _ in _modules() if f'"{name}"' in p.read_text()]
+        assert len(owners) == 1 and owners[0] in ("bundle.py", "rundir.py"), f"{name!r} is spelled in {owners}"
 
 
 def test_exception_classes_live_in_errors():
