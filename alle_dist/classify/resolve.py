@@ -54,9 +54,13 @@ def read_spec(models: Models, job_cfg: JobConfig) -> inference.ReadSpec:
     if len(segs) > 1:
         raise ConfigError(f"{models.run_dir}: the ensemble's models were trained with different segmentation "
                           "settings; retrain them with one `segment:` config")
+    stains = {p.stain for p in preps}
+    if len(stains) > 1:
+        raise ConfigError(f"{models.run_dir}: the ensemble's models were trained with different stain "
+                          "normalisations; retrain them with one --stain-norm")
     stats = any(field_stats.has_stats(load_ood_stats(models, b)) for b in models.spec.backbones)
     return inference.ReadSpec(image_size=max(p.image_size for p in preps), segment=segs.pop(),
-                              max_pixels=job_cfg.classify.max_pixels, image_stats=stats)
+                              stain=stains.pop(), max_pixels=job_cfg.classify.max_pixels, image_stats=stats)
 
 
 def load_ood_stats(models: Models, backbone: str) -> dict | None:

@@ -117,7 +117,7 @@ def model_view(rgb: np.ndarray, prep) -> np.ndarray:
     """The image as a model with preprocessing `prep` saw it (segmented, resized); as stored without one."""
     from ..imaging.model_input import preprocess
 
-    return rgb if prep is None else preprocess(rgb, prep.image_size, prep.segment)[0]
+    return rgb if prep is None else preprocess(rgb, prep.image_size, prep.segment, prep.stain)[0]
 
 
 def _cams(run_dir: str, backbone: str, views: np.ndarray, targets) -> np.ndarray | None:

@@ -7,11 +7,15 @@ import numpy as np
 
 from ..config import SegmentConfig
 from .hsv import hsv_mask, mask_fraction, remove_cells, segment_image
+from .stain import StainReference, normalise
 
 
-def preprocess(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None) -> tuple[np.ndarray, float]:
-    """HSV-segmented at full resolution when `seg` is given, then resized to image_size²; returns the
-    image and the share of pixels the segmentation kept (1.0 without segmentation)."""
+def preprocess(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None,
+               stain: StainReference | None = None) -> tuple[np.ndarray, float]:
+    """Stain-normalised to the model's reference when `stain` is given (imaging.stain), HSV-segmented at
+    full resolution when `seg` is given, then resized to image_size²; returns the image and the share
+    of pixels the segmentation kept (1.0 without segmentation)."""
+    rgb = normalise(rgb, stain)
     frac = 1.0
     if seg is not None:
         rgb, mask = segment_image(rgb, seg)

@@ -24,6 +24,7 @@ from ..config import SegmentConfig
 from ..constants import MAX_PIXELS
 from ..errors import ConfigError, DecodeError, InputError, StorageError
 from ..imaging.model_input import preprocess
+from ..imaging.stain import StainReference
 from ..io import storage
 from ..io.images import decode_rgb
 from . import field_stats
@@ -43,6 +44,7 @@ class ReadSpec:
     """How the read tasks turn an input's bytes into model input (the model's own preprocessing)."""
     image_size: int
     segment: SegmentConfig | None = SegmentConfig()   # None: the models were trained unsegmented
+    stain: StainReference | None = None               # the models' stain normalisation (None: off)
     max_pixels: int = MAX_PIXELS
     image_stats: bool = True      # compute imagestats.features (False: the models have no image statistics)
 
@@ -86,7 +88,7 @@ def read_one(spec: ReadSpec, uri: str, size: int | None, done_sha256: str | None
         del data
         if spec.image_stats:   # of the original field, as training computes them
             row["image_stats"] = field_stats.features(rgb, spec.segment).tobytes()
-        image, row["mask_fraction"] = preprocess(rgb, spec.image_size, spec.segment)
+        image, row["mask_fraction"] = preprocess(rgb, spec.image_size, spec.segment, spec.stain)
         row["image"] = image.tobytes()
     except (InputError, DecodeError) as exc:
         row["status"], row["error"] = schema.ERROR, str(exc)

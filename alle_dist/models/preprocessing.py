@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from ..config import SegmentConfig
 from ..errors import ModelIntegrityError
+from ..imaging.stain import StainReference
 from ..rundir import ModelDir
 
 KEY = "preprocessing"
@@ -21,6 +22,7 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     segment: SegmentConfig | None       # None: the model was trained on the unsegmented originals
+    stain: StainReference | None = None  # stain normalisation fitted on the training split; None: off
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -31,7 +33,8 @@ class Preprocessing:
 def record(meta: dict, prep: Preprocessing) -> dict:
     """meta with the preprocessing written in, under one key (nothing else in meta.json repeats it)."""
     doc = {"image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std),
-           "segment": asdict(prep.segment) if prep.segment is not None else None}
+           "segment": asdict(prep.segment) if prep.segment is not None else None,
+           "stain": prep.stain.to_dict() if prep.stain is not None else None}
     return {**meta, KEY: doc}
 
 
@@ -44,7 +47,8 @@ def read(meta: dict) -> Preprocessing:
         doc = _legacy(meta) if doc is None else doc
         seg = doc.get("segment")
         return Preprocessing(doc["image_size"], doc["mean"], doc["std"],
-                             SegmentConfig(**seg) if isinstance(seg, dict) else None)
+                             SegmentConfig(**seg) if isinstance(seg, dict) else None,
+                             StainReference.from_dict(doc.get("stain")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelIntegrityError(f"{ModelDir.META} of {meta.get('architecture', 'a model')}: no usable preprocessing "
                                   f"record ({type(exc).__name__}: {exc}); retrain the model or restore the file") from None

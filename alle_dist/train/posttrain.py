@@ -52,7 +52,7 @@ def split_outputs(out: ModelDir, splits: dict[str, pa.Table], source: str, class
     from ..runtime import cluster_cpus, cluster_gpus
 
     prep = preprocessing.read(persistence.read_meta(out.root))
-    spec = inference.ReadSpec(image_size=prep.image_size, segment=prep.segment, image_stats=True)
+    spec = inference.ReadSpec(image_size=prep.image_size, segment=prep.segment, stain=prep.stain, image_stats=True)
     rows = _inference_rows(splits, source, classes)
     # Inference is cheap next to training: one GPU actor, or at most two CPU actors.
     layout = inference.actor_layout(min(cluster_gpus(), 1), max(1, min(2, cluster_cpus() // 2)))
