@@ -89,12 +89,32 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
     return out
 
 
+def make_run(run_dir: Path, src: Path, per_class: int | None = 16) -> str:
+    """A manifest over the first `per_class` images of each class of src (every image: None), through
+    the Ray-free catalog core."""
+    from alle_dist.config import PrepareConfig
+    from alle_dist.io import storage
+    from alle_dist.prepare import catalog
+    from alle_dist.prepare import manifest as prep_manifest
+    from alle_dist.rundir import RunDir
+
+    picked: dict[str, list[str]] = {}
+    for rel, cls in catalog.list_labelled(str(src)):
+        picked.setdefault(cls, [])
+        if per_class is None or len(picked[cls]) < per_class:
+            picked[cls].append(rel)
+    rows = [catalog.check_file(str(src), rel, cls) for cls, rels in sorted(picked.items()) for rel in rels]
+    storage.write_parquet(prep_manifest.manifest_table(rows, str(src), 0, PrepareConfig()),
+                          storage.join(str(run_dir), RunDir.MANIFEST))
+    return str(run_dir)
+
+
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
-                 referral: dict | None = None, image_stats: bool = True) -> Path:
+                 referral: dict | None = None, image_stats: bool = True, manifest_id: str | None = None) -> Path:
     """A real run directory: tiny untrained timm models saved through models.persistence, OOD statistics
     fitted with feature_distance.fit on random features and field_stats.fit on smear images, ensemble.json
-    through weighted.save_spec."""
+    through weighted.save_spec. `manifest_id`: the models record that they were trained on RUN's manifest."""
     import torch
     from alle_dist.config import SegmentConfig
     from alle_dist.ensemble import weighted
@@ -106,7 +126,8 @@ def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), 
     for name in backbones:
         model = registry.create(name, len(classes), "none").eval()
         prep = preprocessing.Preprocessing(image_size, *registry.normalisation(model), SegmentConfig())
-        meta = preprocessing.record({"architecture": name, "classes": list(classes)}, prep)
+        meta = preprocessing.record({"architecture": name, "classes": list(classes),
+                                     **({"lineage": {"manifest": manifest_id}} if manifest_id else {})}, prep)
         model_dir = str(run_dir / "models" / name)
         persistence.save_model(model_dir, model, meta)
         dim = int(model.num_features)
