@@ -47,3 +47,22 @@ def test_the_recipe_is_one_flag_or_yaml_key_and_is_checked(tmp_path):
     assert config.job_config(str(y)).augment == config.AugmentConfig(recipe="stain", stain_scale=0.3)
     with pytest.raises(config.ConfigError, match="augment.recipe"):
         config.AugmentConfig(recipe="hed")
+
+
+def test_the_stain_reference_is_fitted_on_a_seeded_sample_of_the_train_split(tmp_path):
+    from pathlib import Path
+
+    from alle_dist.io import storage
+    from alle_dist.prepare.manifest import read_manifest
+    from alle_dist.train import stage as train_stage
+    from helpers_run import make_run
+
+    src = synthetic.generate(str(tmp_path / "smears"), n_per_class=6, seed=0, size=64)
+    table, source, _ = read_manifest(make_run(tmp_path / "run", Path(src), per_class=None))
+    cfg = config.TrainConfig(stain_norm="reinhard", stain_fit_images=5)
+    ref = train_stage.fit_stain(cfg, table, source)
+    assert ref.method == "reinhard" and ref.fitted_on == 5 and ref == train_stage.fit_stain(cfg, table, source)
+    train = set(train_stage.split_rows(table, "train", None, 0).column("path").to_pylist())
+    picked = train_stage.split_rows(table, "train", 5, cfg.seed).column("path").to_pylist()
+    assert set(picked) <= train and storage.exists(storage.join(source, picked[0]))
+    assert train_stage.fit_stain(config.TrainConfig(), table, source) is None
