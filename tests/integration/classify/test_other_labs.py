@@ -36,6 +36,7 @@ def referred_share(table: str) -> tuple[float, int]:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(1800)      # ~10 min on 2 busy cores: two trainings on 480 real images, three classify runs
 def test_other_lab_white_cells_are_referred(tmp_path, leukemia_dir, ray_local):
     if not all((OTHER_LABS / s).is_dir() for s in REFERRED):
         pytest.skip(f"other-lab images not found at {OTHER_LABS}")
@@ -48,10 +49,12 @@ def test_other_lab_white_cells_are_referred(tmp_path, leukemia_dir, ray_local):
         out = tmp_path / f"classified-{source}"
         _stage("classify", "--run-dir", run, "--input", OTHER_LABS / source, "--output", out, "--batch-size", "32")
         share, n = referred_share(str(out))
+        print(f"other-labs {source}: {share:.3f} of {n} referred")
         assert n == {"tecom": 300, "cellavision": 100}[source]
         assert share >= least, f"{source}: {share:.1%} of {n} referred, the test holds ≥ {least:.0%}"
     own = tmp_path / "classified-own"
     _stage("classify", "--run-dir", run, "--input", leukemia_dir / "Original" / "Pro", "--output", own,
            "--batch-size", "32")
     share, n = referred_share(str(own))
+    print(f"own Pro fields: {share:.3f} of {n} referred")
     assert share <= 0.2, f"the shared images' own Pro fields: {share:.1%} of {n} referred"

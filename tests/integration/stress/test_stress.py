@@ -46,7 +46,8 @@ def _direct(run: str, fields: list[np.ndarray], spec) -> tuple[np.ndarray, dict]
         out = Predictor(mdir)(np.stack([x for x, _ in inputs]))
         probs[b], ood[b] = out["probs"], feature_distance.score(out["features"], stats)
         mask = np.array([m for _, m in inputs])
-        image = field_stats.score(np.stack([field_stats.features(f, prep.segment) for f in fields]), stats)
+        if image is None:   # classify scores the field with the first backbone's image statistics
+            image = field_stats.score(np.stack([field_stats.features(f, prep.segment) for f in fields]), stats)
     d = weighted.apply(spec, probs, ood, mask, image)
     return d.label, {"confidence": d.confidence, "image": image}
 
