@@ -24,11 +24,11 @@ from alle_dist.stress.shifts import SHIFTS, shifted
 from alle_dist.testing import synthetic
 from helpers_run import make_run, make_run_dir
 
-SHIFTS_RUN = ("blur", "stain")
+SHIFTS_RUN = ("stain",)          # one shift: each is a pass through the actors (~15 s here)
 
 
 def _run(tmp_path: Path) -> tuple[str, str]:
-    src = synthetic.generate(str(tmp_path / "smears"), n_per_class=8, seed=0, size=64)
+    src = synthetic.generate(str(tmp_path / "smears"), n_per_class=6, seed=0, size=64)
     run = make_run(tmp_path / "run", Path(src), per_class=None)
     table = storage.read_parquet(RunDir(run).manifest)
     make_run_dir(Path(run), image_size=32, classes=synthetic.CLASSES, manifest_id=recorded_id_of(table))
