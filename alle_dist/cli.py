@@ -19,6 +19,7 @@ STAGES = {
     "train": (flags.train, "alle_dist.train.stage"),
     "tune": (flags.tune, "alle_dist.tune.stage"),
     "evaluate": (flags.evaluate, "alle_dist.evaluate.stage"),
+    "stress": (flags.stress, "alle_dist.stress.stage"),
     "classify": (flags.classify, "alle_dist.classify.stage"),
     "export": (flags.export, "alle_dist.export.stage"),
     "review": (flags.review, "alle_dist.review.stage"),

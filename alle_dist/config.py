@@ -3,7 +3,7 @@
 Precedence: the dataclass defaults < the stage's section of a YAML file (`--config FILE`) <
 the command line. Every stage saves the resolved config beside its outputs (`save_resolved`).
 A YAML section is named like the stage (`prepare:`, `segment:`, `augment:`, `train:`, `tune:`,
-`evaluate:`, `classify:`, `review:`, `audit:`, `export:`); an unknown key is an error that lists the valid ones, a value of the wrong
+`evaluate:`, `classify:`, `stress:`, `review:`, `audit:`, `export:`); an unknown key is an error that lists the valid ones, a value of the wrong
 type an error that names it (`build` checks every value against the field's annotation).
 
 Command-line flags are generated from the fields (`add_flags`, `overrides`), so a flag and its YAML
@@ -70,6 +70,10 @@ class SegmentConfig:
                "segment.open_kernel, close_kernel and min_component_px must be >= 0")
 
 
+AUGMENT_RECIPES = ("paper", "stain")
+STAIN_NORMS = ("reinhard", "macenko")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     image_size: int = 224              # 227 for AlexNet (the backbone registry says)
@@ -78,10 +82,27 @@ class AugmentConfig:
     scale_min: float = 0.9             # x and y scaled independently in [scale_min, scale_max]
     scale_max: float = 1.1
     flips: bool = True
+    # "paper": the geometric recipe above. "stain": the same, after a photometric step on the decoded
+    # field, before segmentation (train.augment.photometric_transform) with these strengths:
+    recipe: str = "paper"
+    stain_scale: float = 0.15          # each stain's optical density (HED) × U(1 - s, 1 + s)
+    stain_shift: float = 0.02          # ... + U(-s, s) (HED units; a stained pixel is ~0.05-0.3)
+    brightness: float = 0.15           # × U(1 - b, 1 + b)
+    contrast: float = 0.15             # about the mean, × U(1 - c, 1 + c)
+    gamma: float = 0.25                # exponent exp(U(-g, g))
+    blur_p: float = 0.3                # share of fields blurred ...
+    blur_sigma: float = 1.0            # ... by a Gaussian of sigma U(0.1, blur_sigma) px
 
     def __post_init__(self):
         _check(self.image_size >= 16, "augment.image_size must be >= 16")
         _check(0 < self.scale_min <= self.scale_max, "augment.scale_min must be in (0, scale_max]")
+        _check(self.recipe in AUGMENT_RECIPES,
+               f"augment.recipe={self.recipe!r}: choose one of {list(AUGMENT_RECIPES)}")
+        for name in ("stain_scale", "brightness", "contrast"):
+            _check(0 <= getattr(self, name) < 1, f"augment.{name}={getattr(self, name)}: must be in [0, 1)")
+        _check(min(self.stain_shift, self.gamma, self.blur_sigma) >= 0,
+               "augment.stain_shift, gamma and blur_sigma must be >= 0")
+        _check(0 <= self.blur_p <= 1, f"augment.blur_p={self.blur_p}: must be in [0, 1]")
 
 
 CONTROLS = ("background",)
@@ -105,8 +126,15 @@ class TrainConfig:
     # Shortcut control (CONTROLS): "background" trains on the fields with the segmented cells inpainted
     # away (imaging.hsv.remove_cells), into RUN/models/<backbone>__control-background; never tuned on.
     control: str | None = None
+    # Stain normalisation (STAIN_NORMS) before segmentation, to a reference fitted on `stain_fit_images`
+    # training fields (imaging.stain); recorded in the model's preprocessing. None: off (the paper).
+    stain_norm: str | None = None
+    stain_fit_images: int = 64
 
     def __post_init__(self):
+        _check(self.stain_norm is None or self.stain_norm in STAIN_NORMS,
+               f"train.stain_norm={self.stain_norm!r}: choose one of {list(STAIN_NORMS)} or leave it unset")
+        _check(self.stain_fit_images >= 1, "train.stain_fit_images must be >= 1")
         _check(self.control is None or self.control in CONTROLS,
                f"train.control={self.control!r}: choose one of {list(CONTROLS)} or leave it unset")
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -220,6 +248,25 @@ class ClassifyConfig:
             _check(v is None or v >= (0 if name == "gpus" else 1), f"classify.{name}={v}: out of range")
 
 
+# stress.shifts.SHIFTS (a unit test keeps the two lists equal).
+STRESS_SHIFTS = ("stain", "hue", "brightness_gamma", "blur", "noise", "jpeg", "rescale")
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    shifts: tuple[str, ...] = STRESS_SHIFTS
+    limit: int | None = None           # a seeded subset of this many test images (None: the whole split)
+    seed: int = 0                      # the subset and every shift's per-image draws
+    goal_factor: float = 2.0           # goal: confident-error rate under a shift ≤ this × the unshifted one
+
+    def __post_init__(self):
+        object.__setattr__(self, "shifts", tuple(self.shifts))
+        _check(bool(self.shifts) and set(self.shifts) <= set(STRESS_SHIFTS),
+               f"stress.shifts={list(self.shifts)}: choose from {list(STRESS_SHIFTS)}")
+        _check(self.limit is None or self.limit >= 1, "stress.limit must be >= 1")
+        _check(self.goal_factor >= 1, "stress.goal_factor must be >= 1")
+
+
 @dataclass(frozen=True)
 class ReviewConfig:
     audit: int = 50                    # blind audit sample: accepted images drawn at random, stratified by class
@@ -267,7 +314,7 @@ class ExportConfig:
 STAGE_CONFIGS: dict[str, type] = {
     "prepare": PrepareConfig, "segment": SegmentConfig, "augment": AugmentConfig,
     "train": TrainConfig, "tune": TuneConfig, "evaluate": EvaluateConfig, "classify": ClassifyConfig,
-    "review": ReviewConfig, "audit": AuditConfig, "export": ExportConfig,
+    "stress": StressConfig, "review": ReviewConfig, "audit": AuditConfig, "export": ExportConfig,
 }
 
 
@@ -284,6 +331,7 @@ class JobConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    stress: StressConfig = field(default_factory=StressConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
                        args.image_size, "--pretrained", "none", "--seed", args.seed, "--lr", "3e-3"], args.config)
     _run("tune", ["--run-dir", run, "--backbones", args.backbones, "--num-samples", 10], args.config)
     _run("evaluate", ["--run-dir", run], args.config)
+    _run("stress", ["--run-dir", run, "--limit", 100], args.config)     # renders the report again with its section
     out = storage.join(run, "classified")
     _run("classify", ["--run-dir", run, "--input", data, "--output", out], args.config)
     review_loop(run, out, args.seed, args.config)

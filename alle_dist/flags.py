@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from .config import (CONTROLS, AuditConfig, ClassifyConfig, EvaluateConfig, ExportConfig, PrepareConfig, ReviewConfig,
-                     SegmentConfig, TrainConfig, TuneConfig, TUNE_OBJECTIVES, add_flags)
+from .config import (AUGMENT_RECIPES, CONTROLS, STAIN_NORMS, STRESS_SHIFTS, AuditConfig, ClassifyConfig, EvaluateConfig,
+                     ExportConfig, PrepareConfig, ReviewConfig, SegmentConfig, StressConfig, TrainConfig, TuneConfig,
+                     TUNE_OBJECTIVES, add_flags)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -80,7 +81,13 @@ def train(p: argparse.ArgumentParser) -> None:
         "compile": "torch.compile on GPU",
         "control": "shortcut control: train on the fields with the segmented cells removed, into "
                    "RUN/models/<backbone>__control-background (evaluate reports it; tune never uses it)",
-    }, extra={"control": {"choices": CONTROLS}})
+        "stain_norm": "stain normalisation before segmentation, fitted on the training split and recorded "
+                      "with the model (default: none)",
+        "stain_fit_images": "training fields the stain reference is fitted on",
+    }, extra={"control": {"choices": CONTROLS}, "stain_norm": {"choices": STAIN_NORMS}})
+    p.add_argument("--augment-recipe", default=None, choices=AUGMENT_RECIPES,
+                   help="augment.recipe: paper (geometric, the default) or stain (plus stain jitter, brightness, "
+                        "contrast, gamma and blur; strengths in the `augment:` section of --config)")
     hsv(p)
     p.add_argument("--retrain", action="store_true", help="train again even if this backbone is finished in RUN")
     mlflow(p)
@@ -121,6 +128,17 @@ def evaluate(p: argparse.ArgumentParser) -> None:
     add_flags(p, EvaluateConfig, {"max_corrections_copied": "copy at most this many correction images "
                                                             "(the CSV lists all)"})
     mlflow(p)
+
+
+def stress(p: argparse.ArgumentParser) -> None:
+    """The test split under graded stain and acquisition shifts: coverage and confident errors per shift."""
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="run directory with trained models and a tuned ensemble")
+    add_flags(p, StressConfig, {
+        "shifts": f"comma-separated, from {','.join(STRESS_SHIFTS)} (default: all)",
+        "limit": "a seeded subset of N test images (default: the whole test split)",
+        "seed": "the subset and each shift's per-image draws",
+        "goal_factor": "goal: confident-error rate under a shift ≤ this × the unshifted one",
+    })
 
 
 def classify(p: argparse.ArgumentParser) -> None:

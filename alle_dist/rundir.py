@@ -10,6 +10,8 @@
     RUN/tune_training.json          tune --tune-training: the best training setting
     RUN/tune_training/trial-NNN/    one nested run directory per training trial
     RUN/report/                     evaluate: metrics.json, report.html, model_card.md, plots, corrections/
+    RUN/report/stress.json          stress: the test split under graded shifts (+ stress_<shift>.png,
+                                    stress_config.yaml; stress-images/ while it runs)
 
 Stages ask a RunDir (or a ModelDir) for a URI; no other module spells one of these names.
 """
@@ -84,6 +86,8 @@ class RunDir:
     COMPARISON = "comparison.md"
     MODEL_CARD = "model_card.md"         # also at the root of a model bundle (alle_dist.bundle)
     CORRECTIONS = "corrections"
+    STRESS = "stress.json"
+    STRESS_IMAGES = "stress-images"      # the shifted images while `stress` runs (removed after)
 
     def __post_init__(self):
         object.__setattr__(self, "root", str(self.root))
@@ -105,8 +109,8 @@ class RunDir:
 
     def config(self, stage: str) -> str:
         """The resolved config a stage saved beside its outputs (evaluate's lives in the report)."""
-        if stage == "evaluate":
-            return self.report_file("evaluate_config.yaml")
+        if stage in ("evaluate", "stress"):
+            return self.report_file(f"{stage}_config.yaml")
         return self.file(f"{stage}_config.yaml")
 
     @property
@@ -147,10 +151,10 @@ class RunDir:
                                f"`alle-dist prepare --data SRC --run-dir {root}`")
         if stage == "train" and not storage.exists(self.manifest):
             raise StorageError(f"no manifest in {root}: run `alle-dist prepare --data SRC --run-dir {root}` first")
-        if stage in ("tune", "evaluate") and not self.trained_models():
+        if stage in ("tune", "evaluate", "stress") and not self.trained_models():
             first = "train" if storage.exists(self.manifest) else "prepare --data SRC"
             raise StorageError(f"no trained models in {root}: run `alle-dist {first} --run-dir {root}` first")
-        if stage in ("evaluate", "export") and not storage.exists(self.ensemble):
+        if stage in ("evaluate", "export", "stress") and not storage.exists(self.ensemble):
             raise StorageError(f"no {self.ENSEMBLE} in {root}: run `alle-dist tune --run-dir {root}` first")
 
     @property
@@ -159,6 +163,22 @@ class RunDir:
 
     def report_file(self, *parts: str) -> str:
         return storage.join(self.report, *parts)
+
+    @property
+    def stress(self) -> str:
+        return self.report_file(self.STRESS)
+
+    @staticmethod
+    def stress_plot_name(shift: str) -> str:
+        """The file name of one shift's plot in RUN/report/ (evaluate writes it too, beside its own)."""
+        return f"stress_{shift}.png"
+
+    def stress_plot(self, shift: str) -> str:
+        return self.report_file(self.stress_plot_name(shift))
+
+    def stress_images(self, shift: str) -> str:
+        """Where `stress` writes one shift's images for the inference path to read (any node can)."""
+        return self.report_file(self.STRESS_IMAGES, shift)
 
     @property
     def tune_training(self) -> str:

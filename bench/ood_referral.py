@@ -50,10 +50,10 @@ def split_images(run_dir: str, split: str, limit: int | None, seed: int) -> tupl
 
 
 def preprocess(data: list[bytes], size: int, seg: SegmentConfig | None,
-               working_size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               working_size: int | None, stain=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pipeline's inputs: (uint8 N x S x S x 3, mask fractions, image statistics); OpenCV frees the GIL."""
     def one(d: bytes):
-        p = from_bytes(d, size, seg, working_size)
+        p = from_bytes(d, size, seg, working_size, stain=stain)
         return p.image, p.mask_fraction, field_stats.features_of(p.field)
 
     with ThreadPoolExecutor() as ex:
@@ -72,7 +72,7 @@ def signals(run_dir: str, backbones, data: list[bytes], device: str, batch: int)
         mdir = RunDir(run_dir).model(b).root
         pred, stats = Predictor(mdir, device), _ood_stats(mdir)
         prep = preprocessing.read(pred.meta)    # the model's own, as recorded when it was trained
-        key = (pred.image_size, prep.segment, prep.working_size)
+        key = (pred.image_size, prep.segment, prep.working_size, prep.stain)
         x, frac, feats = cache[key] if key in cache else cache.setdefault(key, preprocess(data, *key))
         outs = [pred(x[i:i + batch]) for i in range(0, len(x), batch)]
         probs[b] = np.concatenate([o["probs"] for o in outs]).astype(np.float64)

@@ -106,6 +106,26 @@ def write_bad_inputs(root: Path, seed: int = 1) -> dict[str, str | None]:
     return out
 
 
+def make_run(run_dir: Path, src: Path, per_class: int | None = 16) -> str:
+    """A manifest over the first `per_class` images of each class of src (every image: None), through
+    the Ray-free catalog core."""
+    from alle_dist.config import PrepareConfig
+    from alle_dist.io import storage
+    from alle_dist.prepare import catalog
+    from alle_dist.prepare import manifest as prep_manifest
+    from alle_dist.rundir import RunDir
+
+    picked: dict[str, list[str]] = {}
+    for rel, cls in catalog.list_labelled(str(src)):
+        picked.setdefault(cls, [])
+        if per_class is None or len(picked[cls]) < per_class:
+            picked[cls].append(rel)
+    rows = [catalog.check_file(str(src), rel, cls) for cls, rels in sorted(picked.items()) for rel in rels]
+    storage.write_parquet(prep_manifest.manifest_table(rows, str(src), 0, PrepareConfig()),
+                          storage.join(str(run_dir), RunDir.MANIFEST))
+    return str(run_dir)
+
+
 def make_run_dir(run_dir: Path, backbones=("test_resnet", "test_efficientnet"), image_size: int = 32,
                  classes=CLASSES, seed: int = 0, weights=None, gamma: float = 0.0,
                  referral: dict | None = None, image_stats: bool = True, manifest_id: str | None = None,

@@ -69,9 +69,14 @@ def read_spec(models: Models, job_cfg: JobConfig) -> inference.ReadSpec:
         older = sorted(b for b, p in preps.items() if p.working_size is None) or sorted(preps)
         raise ConfigError(f"{models.run_dir}: the ensemble's models read images differently (working sizes "
                           f"{sorted(working, key=str)}); retrain {', '.join(older)} with `alle-dist train --retrain`")
+    stains = {p.stain for p in preps.values()}
+    if len(stains) > 1:
+        raise ConfigError(f"{models.run_dir}: the ensemble's models were trained with different stain "
+                          "normalisations; retrain them with one --stain-norm")
     stats = any(field_stats.has_stats(load_ood_stats(models, b)) for b in models.spec.backbones)
     return inference.ReadSpec(image_size=max(p.image_size for p in preps.values()), segment=segs.pop(),
-                              max_pixels=job_cfg.classify.max_pixels, image_stats=stats, working_size=working.pop())
+                              stain=stains.pop(), max_pixels=job_cfg.classify.max_pixels, image_stats=stats,
+                              working_size=working.pop())
 
 
 def load_ood_stats(models: Models, backbone: str) -> dict | None:

@@ -121,7 +121,8 @@ def model_view(data: bytes, prep) -> np.ndarray:
     segmented, resized); as stored without one."""
     from ..imaging.model_input import from_bytes
 
-    return decode_rgb(data) if prep is None else from_bytes(data, prep.image_size, prep.segment, prep.working_size).image
+    return decode_rgb(data) if prep is None else from_bytes(data, prep.image_size, prep.segment, prep.working_size,
+                                                            stain=prep.stain).image
 
 
 def member_cams(run_dir: str, backbone: str, views: np.ndarray, targets) -> np.ndarray | None:

@@ -20,13 +20,14 @@ import numpy as np
 
 from ..referral.signals import REASON_WORDS
 from .metrics import ENSEMBLE
+from .plots import STRESS_TITLE
 
 DISCLAIMER = ("Not a medical device. This report describes a research model on a held-out test set; "
               "it is not cleared for diagnosis. Every result must be checked by a qualified haematologist.")
 SECTIONS = (("summary", "Summary"), ("models", "How each model did on the test images"),
             ("per-class", "The ensemble, class by class"), ("weights", "Weight sets and thresholds tried"),
             ("referrals", "Why images were referred"), ("guarantees", "Referral guarantees"),
-            ("control", "Shortcut control"),
+            ("control", "Shortcut control"), ("stress", "Under stain and acquisition shift"),
             ("corrected", "Images one network got wrong and the ensemble got right"),
             ("referred", "Images referred to a haematologist"),
             ("misclassified", "Images the ensemble labelled wrong"), ("plots", "Plots"))
@@ -243,6 +244,28 @@ def _control(doc: dict) -> str:
     return f"<p>{_e(text)}</p>"
 
 
+def _stress(doc: dict, plots: dict[str, bytes]) -> str:
+    """The stress table (`alle-dist stress`): each shift and strength beside the unshifted split."""
+    s = doc.get("stress")
+    if not s:
+        return "<p>Not run for this run: <code>alle-dist stress --run-dir RUN</code> measures it.</p>"
+    b = s["unshifted"]
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    rows = [["none (unshifted)", "", pct(b["coverage"]), pct(b["accuracy_on_accepted"]), pct(b["confident_error_rate"]),
+             "", ""]]
+    rows += [[r["shift"], r["strength_label"], pct(r["coverage"]), pct(r["accuracy_on_accepted"]),
+              pct(r["confident_error_rate"]), "–" if r["vs_unshifted"] is None else f"{r['vs_unshifted']:.1f}×",
+              "BROKEN" if r["breaks_goal"] else "met"] for r in s["rows"]]
+    head = ["shift", "strength", "labelled", "accuracy on labelled", "confident errors", "× unshifted", "goal"]
+    figs = {t: p for t, p in plots.items() if t.startswith(STRESS_TITLE)}
+    return (f"<p>The {_n_images(s['n'])} of the test split, shifted as another stain batch, lamp, camera, focus or "
+            "file format would deliver them (seeded), through the same reading, models and decision as bulk "
+            "classification. A confident error is an image labelled (not referred) and labelled wrong; the "
+            f"goal is at most {s['goal_factor']:g} × the unshifted rate under every shift.</p>"
+            f'<p class="notes" id="stress-verdict">{_e(s["verdict"])}</p>'
+            + _table(head, rows, numeric={2, 3, 4, 5}) + (_plots(figs) if figs else ""))
+
+
 def _corrections_intro(doc: dict) -> str:
     c = doc.get("corrections") or {}
     fixed, broken = c.get("corrected", {}), c.get("broken", {})
@@ -316,7 +339,8 @@ def render(doc: dict, details: dict, plots: dict[str, bytes], galleries: dict[st
     nav = "".join(f'<li><a href="#{sid}">{_e(t)}</a></li>' for sid, t in SECTIONS)
     body = {"summary": _summary(doc), "models": _models(doc), "per-class": _per_class(doc),
             "weights": _weights(doc), "referrals": _referrals(doc), "guarantees": _guarantees(doc),
-            "control": _control(doc), "plots": _plots(plots)}
+            "control": _control(doc), "stress": _stress(doc, plots),
+            "plots": _plots({t: p for t, p in plots.items() if not t.startswith(STRESS_TITLE)})}
     for kind in GALLERIES:
         intro = _corrections_intro(doc) if kind == "corrected" else ""
         body[kind] = _gallery(galleries.get(kind) or [], totals[kind], intro)

@@ -100,11 +100,44 @@ def plot_reliability(models: dict) -> bytes:
     return figure_png(fig)
 
 
+STRESS_TITLE = "Under shift: "    # the page shows these plots in its stress section
+
+
+def plot_stress(stress: dict, shift: str) -> bytes:
+    """One shift of stress.json: coverage and accuracy on accepted images (left) and the confident-error
+    rate with the goal (right), from unshifted to the most severe strength."""
+    plt = _plt()
+    base = stress["unshifted"]
+    rows = [r for r in stress["rows"] if r["shift"] == shift]
+    series = [base] + rows
+    x = np.arange(len(series))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(x, [r["coverage"] for r in series], "o-", label="coverage")
+    left.plot(x, [np.nan if r["accuracy_on_accepted"] is None else r["accuracy_on_accepted"] for r in series], "s-",
+              label="accuracy on accepted")
+    left.set(ylim=(0, 1.02), ylabel="share of images", title=f"{shift}: coverage and accuracy")
+    left.legend(fontsize=9, loc="lower left")
+    right.bar(x, [100 * r["confident_error_rate"] for r in series],
+              color=["#888"] + ["#b3261e" if r["breaks_goal"] else "#3b7dd8" for r in rows])
+    goal = 100 * stress["goal_factor"] * base["confident_error_rate"]
+    right.axhline(goal, color="k", ls=":", lw=1, label=f"goal: ≤ {stress['goal_factor']:g} × unshifted ({goal:.1f} %)")
+    right.set(ylabel="confident errors (% of images)", title=f"{shift}: accepted and wrong")
+    right.legend(fontsize=9, loc="upper left")
+    for ax in (left, right):
+        ax.set_xticks(x, ["none"] + [r["strength_label"] for r in rows], fontsize=9)
+    return _png(fig)
+
+
 def plot_set(doc: dict) -> list[tuple[str, str, bytes]]:
     """(file stem, readable title, PNG) of every plot of the report, in page order; the stems name
     the PNG files written beside report.html."""
+    from ..rundir import RunDir
+
     classes = list(doc["per_class"])
-    out = [("coverage_risk", "Coverage and risk", plot_coverage_risk(doc["models"])),
+    stress = doc.get("stress")
+    out = [(RunDir.stress_plot_name(s).rsplit(".", 1)[0], STRESS_TITLE + s, plot_stress(stress, s))
+           for s in (stress or {}).get("shifts", {})]
+    out += [("coverage_risk", "Coverage and risk", plot_coverage_risk(doc["models"])),
            ("reliability", "Calibration: reliability diagram with images per bin", plot_reliability(doc["models"]))]
     for name, m in doc["models"].items():
         out.append((f"confusion_{name}", f"Confusion matrix: {name}", plot_confusion(name, m, classes)))

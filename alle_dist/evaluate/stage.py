@@ -48,6 +48,9 @@ def evaluate_run(run_dir: str, cfg: config.EvaluateConfig) -> dict:
     doc["guarantees"] = guarantee_rows(data, spec, weighted.read_doc(run_dir).get("guarantees"))
     if controls:
         doc["control"] = _control(run_dir, controls[0], models)
+    stress = _stress(run)
+    if stress:
+        doc["stress"] = stress
     doc["corrections"] = report.corrections(run_dir, data, outputs, spec, cfg.max_corrections_copied)
     report.write_report(run_dir, doc, gallery.build(run_dir, data, outputs, spec))
     card.write(run_dir)                      # from metrics.json, just written
@@ -60,6 +63,19 @@ def _control(run_dir: str, name: str, models: dict) -> dict:
     backbone = name.split(RunDir.CONTROL)[0]
     real = (models.get(backbone) or models[ENSEMBLE])["overall"]["accuracy"]
     return control_summary(backbone, cd.y, cd.probs[name].argmax(1), real)
+
+
+def _stress(run: RunDir) -> dict | None:
+    """RUN/report/stress.json (`alle-dist stress`) when it was made with the ensemble now in RUN; a
+    stale one is left out of the report, with a line saying so."""
+    if not storage.exists(run.stress):
+        return None
+    doc = storage.read_json(run.stress)
+    if doc.get("ensemble_sha256") != lineage.ensemble_sha256(run):
+        log.warning("%s was made with another ensemble.json: left out of the report; rerun `alle-dist stress "
+                    "--run-dir %s`", run.stress, run.root)
+        return None
+    return doc
 
 
 def _guarantee_lines(doc: dict) -> list[str]:

@@ -101,15 +101,16 @@ def parity_uris(run: RunDir, parity_data: str | None, n: int) -> list[str]:
     return [image_uri(source, p) for p in rows[:n]]
 
 
-def _inputs(uris: list[str], image_size: int, segment) -> np.ndarray:
-    """uint8 N × S × S × 3 through imaging.model_input.preprocess, the one preprocessing path."""
-    from ..imaging.model_input import preprocess
-    from ..io.images import decode_rgb
+def _inputs(uris: list[str], prep) -> np.ndarray:
+    """uint8 N × S × S × 3 through imaging.model_input.from_bytes, the one read path, with the model's
+    recorded preprocessing `prep` (models.preprocessing.Preprocessing)."""
+    from ..imaging.model_input import from_bytes
 
     if not uris:
         raise UsageError("no images for the ONNX parity check; give --parity-data SRC (a folder of real images)")
     try:
-        return np.stack([preprocess(decode_rgb(storage.read_bytes(u)), image_size, segment)[0] for u in uris])
+        return np.stack([from_bytes(storage.read_bytes(u), prep.image_size, prep.segment, prep.working_size,
+                                    stain=prep.stain).image for u in uris])
     except (OSError, ValueError) as exc:
         raise StorageError(f"ONNX parity images can't be read ({storage.first_line(exc)}); give --parity-data SRC") from None
 
@@ -133,7 +134,7 @@ def export_member(model_dir: str, uri: str, rel: str, opset: int, uris: list[str
     predictor = Predictor(model_dir)
     data = to_onnx(predictor, opset)
     prep = preprocessing.read(predictor.meta)
-    check = parity(predictor, data, _inputs(uris, prep.image_size, prep.segment))
+    check = parity(predictor, data, _inputs(uris, prep))
     log.info("%s: ONNX parity max |Δp| = %.3g over %d images", predictor.backbone, check["max_abs_diff"], check["images"])
     if check["max_abs_diff"] > tolerance:
         raise UsageError(f"{predictor.backbone}: the ONNX model's probabilities differ from torch's by "

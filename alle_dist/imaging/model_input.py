@@ -27,6 +27,7 @@ from ..config import SegmentConfig
 from ..constants import MAX_PIXELS
 from ..io.images import decode_rgb
 from .hsv import Components, apply_mask, hsv_components, hsv_mask, mask_fraction, remove_cells
+from .stain import StainReference, normalise
 
 # The working resolution of segmentation and field statistics of new models (the public dataset's
 # field size; a model with a larger input gets it resized from this), and the size the original path
@@ -70,9 +71,9 @@ class Prepared:
 
 
 def from_bytes(data: bytes, image_size: int, seg: SegmentConfig | None, working_size: int | None = None,
-               max_pixels: int = MAX_PIXELS) -> Prepared:
+               max_pixels: int = MAX_PIXELS, stain: StainReference | None = None) -> Prepared:
     """Image bytes → model input: `decode`, then `preprocess`. Every stage reads through it."""
-    return preprocess(decode(data, working_size, max_pixels), image_size, seg, working_size)
+    return preprocess(decode(data, working_size, max_pixels), image_size, seg, working_size, stain)
 
 
 def decode(data: bytes, working_size: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -83,22 +84,29 @@ def decode(data: bytes, working_size: int | None = None, max_pixels: int = MAX_P
 
 
 def preprocess(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None,
-               working_size: int | None = None) -> Prepared:
-    """The model input of one decoded field: HSV-segmented when `seg` is given, resized to image_size².
-    `working_size` None: the original path (segmentation at full resolution); see the module doc."""
+               working_size: int | None = None, stain: StainReference | None = None) -> Prepared:
+    """The model input of one decoded field: stain-normalised to the model's reference when `stain` is
+    given (imaging.stain), HSV-segmented when `seg` is given, resized to image_size². `working_size`
+    None: the original path (segmentation at full resolution); see the module doc. The field
+    statistics always read the field as it came (a stain unlike the training fields is what they are
+    there to see): with a stain reference the model input gets its own HSV and mask."""
     if working_size is None:
-        return _original(rgb, image_size, seg)
+        return _original(rgb, image_size, seg, stain)
     field = WorkingField(resize_square(rgb, working_size), seg or SegmentConfig())
+    view = field if stain is None else WorkingField(normalise(field.rgb, stain), field.seg)
     if seg is None:
-        return Prepared(np.ascontiguousarray(resize_square(field.rgb, image_size)), 1.0, field)
-    kept = apply_mask(field.rgb, field.mask, seg.background)
-    return Prepared(np.ascontiguousarray(resize_square(kept, image_size)), mask_fraction(field.mask), field)
+        return Prepared(np.ascontiguousarray(resize_square(view.rgb, image_size)), 1.0, field)
+    kept = apply_mask(view.rgb, view.mask, seg.background)
+    return Prepared(np.ascontiguousarray(resize_square(kept, image_size)), mask_fraction(view.mask), field)
 
 
-def _original(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None) -> Prepared:
-    """The path of models without a working size: segmented at full resolution, then resized; the
-    statistics' view a separate STATS_SIZE² copy (its HSV and mask computed only if it is read)."""
+def _original(rgb: np.ndarray, image_size: int, seg: SegmentConfig | None,
+              stain: StainReference | None = None) -> Prepared:
+    """The path of models without a working size: stain-normalised and segmented at full resolution,
+    then resized; the statistics' view a separate STATS_SIZE² copy of the field as it came (its HSV and
+    mask computed only if it is read)."""
     field = WorkingField(resize_square(rgb, STATS_SIZE), seg or SegmentConfig())
+    rgb = normalise(rgb, stain)
     frac = 1.0
     if seg is not None:
         mask = hsv_mask(rgb, seg)

@@ -86,7 +86,7 @@ def _jpeg_rgb(data: bytes, factor: int = 1) -> np.ndarray | None:
     import simplejpeg
 
     try:
-        w, h, colour, _ = simplejpeg.decode_jpeg_header(data)
+        h, w, colour, _ = simplejpeg.decode_jpeg_header(data)
         if colour in ("CMYK", "YCCK"):
             simplejpeg.decode_jpeg(data, colorspace="CMYK", min_factor=8, strict=True)   # entropy data checked
             return None

@@ -24,6 +24,7 @@ from ..config import SegmentConfig
 from ..constants import MAX_PIXELS
 from ..errors import ConfigError, DecodeError, InputError, StorageError
 from ..imaging.model_input import from_bytes
+from ..imaging.stain import StainReference
 from ..io import storage
 from . import field_stats
 
@@ -42,6 +43,7 @@ class ReadSpec:
     """How the read tasks turn an input's bytes into model input (the model's own preprocessing)."""
     image_size: int
     segment: SegmentConfig | None = SegmentConfig()   # None: the models were trained unsegmented
+    stain: StainReference | None = None               # the models' stain normalisation (None: off)
     max_pixels: int = MAX_PIXELS
     image_stats: bool = True      # compute field_stats features (False: the models have no image statistics)
     working_size: int | None = None   # the models' (Preprocessing.working_size); None: the original path
@@ -87,7 +89,7 @@ def read_one(spec: ReadSpec, uri: str, size: int | None, done_sha256: str | None
         if done_sha256 is not None and row["sha256"] == done_sha256:
             row["status"] = SKIP
             return row
-        prepared = from_bytes(data, spec.image_size, spec.segment, spec.working_size, spec.max_pixels)
+        prepared = from_bytes(data, spec.image_size, spec.segment, spec.working_size, spec.max_pixels, spec.stain)
         del data
         if spec.image_stats:   # of the whole field, as training computes them
             row["image_stats"] = field_stats.features_of(prepared.field).tobytes()

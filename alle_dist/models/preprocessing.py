@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from ..config import SegmentConfig
 from ..errors import ModelIntegrityError
+from ..imaging.stain import StainReference
 from ..rundir import ModelDir
 
 KEY = "preprocessing"
@@ -24,6 +25,7 @@ class Preprocessing:
     # The resolution segmentation and field statistics work at (imaging.model_input): None for models
     # trained before it was recorded, which keep the original path (segmentation at full resolution).
     working_size: int | None = None
+    stain: StainReference | None = None  # stain normalisation fitted on the training split; None: off
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -41,6 +43,8 @@ def record(meta: dict, prep: Preprocessing) -> dict:
            "segment": asdict(prep.segment) if prep.segment is not None else None}
     if prep.working_size is not None:   # absent, not null, for the original path: older readers' meta
         doc["working_size"] = prep.working_size
+    if prep.stain is not None:          # likewise absent when off
+        doc["stain"] = prep.stain.to_dict()
     return {**meta, KEY: doc}
 
 
@@ -54,7 +58,8 @@ def read(meta: dict) -> Preprocessing:
         doc = _legacy(meta) if doc is None else doc
         seg = doc.get("segment")
         return Preprocessing(doc["image_size"], doc["mean"], doc["std"],
-                             SegmentConfig(**seg) if isinstance(seg, dict) else None, doc.get("working_size"))
+                             SegmentConfig(**seg) if isinstance(seg, dict) else None, doc.get("working_size"),
+                             StainReference.from_dict(doc.get("stain")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelIntegrityError(f"{ModelDir.META} of {meta.get('architecture', 'a model')}: no usable preprocessing "
                                   f"record ({type(exc).__name__}: {exc}); retrain the model or restore the file") from None

@@ -21,7 +21,7 @@ from .posttrain import probs_table, write_probs
 
 
 def predict_split(predictor: Predictor, rows: pa.Table, source: str, classes: list[str], seg,
-                  image_size: int, kind: str, working_size: int | None = None) -> pa.Table:
+                  image_size: int, kind: str, working_size: int | None = None, stain=None) -> pa.Table:
     """One split's control images through the model → schema.probs_schema rows (no referral scores)."""
     n = rows.num_rows
     if n == 0:
@@ -29,7 +29,7 @@ def predict_split(predictor: Predictor, rows: pa.Table, source: str, classes: li
                           "mask_fraction": pa.array([], pa.float32())})
         return probs_table(empty, classes, np.zeros((0, len(classes))), np.zeros(0), np.zeros(0))
     ds = augment.image_dataset(rows, source, classes, image_size=image_size, seg=seg, aug=None, control=kind,
-                               working_size=working_size)
+                               working_size=working_size, stain=stain)
     parts = [(b["path"], b["label"], b["mask_fraction"], predictor(np.array(b["image"]))["probs"])   # a writable copy for torch
              for b in ds.iter_batches(batch_size=64, batch_format="numpy")]
     paths, labels, fracs, probs = (np.concatenate(c) for c in zip(*parts))
@@ -40,12 +40,12 @@ def predict_split(predictor: Predictor, rows: pa.Table, source: str, classes: li
 
 
 def export_control(out: ModelDir, splits: dict[str, pa.Table], source: str, classes: list[str], seg,
-                   image_size: int, kind: str, working_size: int | None = None) -> dict:
+                   image_size: int, kind: str, working_size: int | None = None, stain=None) -> dict:
     """val / test probabilities of the control model in `out`; returns its meta."""
     predictor = Predictor(out.root)
     # No referral statistics: an empty file, so train.stage.is_finished sees a finished model (no retrain).
     meta = persistence.save_ood(out.root, {})
     for split in (schema.VAL, schema.TEST):    # test last: its file marks a finished model
         write_probs(out, split, predict_split(predictor, splits[split], source, classes, seg, image_size, kind,
-                                              working_size))
+                                              working_size, stain))
     return meta

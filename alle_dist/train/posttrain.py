@@ -52,7 +52,7 @@ def split_outputs(out: ModelDir, splits: dict[str, pa.Table], source: str, class
     from ..runtime import cluster_cpus, cluster_gpus
 
     prep = preprocessing.read(persistence.read_meta(out.root))
-    spec = inference.ReadSpec(image_size=prep.image_size, segment=prep.segment, image_stats=True,
+    spec = inference.ReadSpec(image_size=prep.image_size, segment=prep.segment, stain=prep.stain, image_stats=True,
                               working_size=prep.working_size)
     rows = _inference_rows(splits, source, classes)
     # Inference is cheap next to training: one GPU actor, or at most two CPU actors.

@@ -115,16 +115,38 @@ def latest_checkpoint_meta(out: ModelDir, name: str) -> dict | None:
         return persistence.read_checkpoint(d)[2]
 
 
-def model_preprocessing(job_cfg, backbone: str) -> preprocessing.Preprocessing:
+def model_preprocessing(job_cfg, backbone: str, stain=None) -> preprocessing.Preprocessing:
     """The one place training decides a backbone's input: size (the backbone's default unless
     train.image_size), its normalisation, the HSV segmentation unless train.segmented is off, and the
     working resolution of segmentation and field statistics (imaging.model_input.WORKING_SIZE for every
-    backbone, so that any ensemble's members share one read: AlexNet's 227² input is resized from it)."""
+    backbone, so that any ensemble's members share one read: AlexNet's 227² input is resized from it) and the
+    stain normalisation `stain` (fit_stain: fitted on the training split when train.stain_norm is set)."""
     train_cfg = job_cfg.train
     size = train_cfg.image_size or registry.default_image_size(backbone)
     mean, std = registry.default_normalisation(backbone)
     return preprocessing.Preprocessing(size, mean, std, job_cfg.segment if train_cfg.segmented else None,
-                                       working_size=WORKING_SIZE)
+                                       working_size=WORKING_SIZE, stain=stain)
+
+
+def fit_stain(train_cfg, manifest: pa.Table, source: str):
+    """train.stain_norm's reference (imaging.stain.fit_reference) from a seeded sample of
+    train.stain_fit_images fields of the train split; None when stain normalisation is off."""
+    from ..imaging import stain
+    from ..imaging.model_input import decode, resize_square
+    from ..prepare.catalog import image_uri
+
+    if train_cfg.stain_norm is None:
+        return None
+    pick = split_rows(manifest, schema.TRAIN, train_cfg.stain_fit_images, train_cfg.seed)
+    # Fitted on the fields as the read path normalises them: at the working resolution.
+    fields = (resize_square(decode(storage.read_bytes(image_uri(source, p)), WORKING_SIZE), WORKING_SIZE)
+              for p in pick.column("path").to_pylist())
+    try:
+        ref = stain.fit_reference(fields, train_cfg.stain_norm)
+    except ValueError as exc:
+        raise ConfigError(f"train.stain_norm={train_cfg.stain_norm}: {exc}; train without --stain-norm") from None
+    log.info("stain normalisation %s fitted on %d training fields", ref.method, ref.fitted_on)
+    return ref
 
 
 def loop_config(run: RunDir, job_cfg, backbone: str, classes: list[str], name: str, manifest_id: str,
@@ -213,8 +235,8 @@ def train_backbone(run_dir: str, job_cfg, retrain: bool = False, tracker=None) -
         provenance.check_trained_on(out, meta, manifest_id, backbone, run.root)
         log.info("%s: already trained in %s (pass --retrain to train it again)", backbone, out.root)
         return meta
-    prep = model_preprocessing(job_cfg, backbone)
     splits = {s: split_rows(table, s, train_cfg.limit, train_cfg.seed) for s in schema.SPLITS}
+    prep = model_preprocessing(job_cfg, backbone, fit_stain(train_cfg, table, source))
     config.save_resolved(out.file(ModelDir.TRAIN_CONFIG), job_cfg, run_dir=run.root, backbone=backbone)
     datasets = _datasets(out, job_cfg, prep, splits, source, classes)
     t0 = time.perf_counter()
@@ -226,7 +248,7 @@ def train_backbone(run_dir: str, job_cfg, retrain: bool = False, tracker=None) -
             from .control import export_control
 
             meta = export_control(out, splits, source, classes, _dataset_segment(job_cfg, prep), prep.image_size,
-                                  train_cfg.control, prep.working_size)
+                                  train_cfg.control, prep.working_size, prep.stain)
         else:
             meta = export_splits(out, splits, source, classes)
         if tracked is not None:   # the final identity: meta.json with its referral statistics
@@ -265,7 +287,8 @@ def _datasets(out: ModelDir, job_cfg, prep: preprocessing.Preprocessing, splits:
     log.info("%s: %d epochs on %d training images (%d after oversampling), %d for validation", train_cfg.backbone,
              train_cfg.epochs, splits[schema.TRAIN].num_rows, balanced.num_rows, splits[schema.VAL].num_rows)
     seg, cols = _dataset_segment(job_cfg, prep), ["image", "label"]
-    common = {"image_size": prep.image_size, "seg": seg, "control": train_cfg.control, "working_size": prep.working_size}
+    common = {"image_size": prep.image_size, "seg": seg, "control": train_cfg.control,
+              "working_size": prep.working_size, "stain": prep.stain}
     return {  # seed=None: Ray Train re-runs the pipeline each epoch, with fresh augmentations
         "train": augment.image_dataset(shuffled(balanced, train_cfg.seed), source, classes, aug=job_cfg.augment,
                                        seed=None, **common).select_columns(cols),
@@ -285,7 +308,8 @@ def main(args: argparse.Namespace) -> int:
     from ..tracking import open_tracker
 
     job_cfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig),
-                                segment=config.overrides(args, config.SegmentConfig))
+                                segment=config.overrides(args, config.SegmentConfig),
+                                augment={"recipe": getattr(args, "augment_recipe", None)})
     RunDir(args.run_dir).check_ready("train")   # a wrong RUN fails in a second, before Ray starts
     names = registry.expand(job_cfg.train.backbone)
     for name in names:  # before any Ray start-up: a missing weights file fails in seconds

@@ -19,12 +19,33 @@ SCREENSHOT_COPY = Path("/tmp/report-screenshot.png")
 N_TEST = 48
 
 
+def _stress_doc(run: Path) -> dict:
+    """A stress.json for the run's current ensemble (stress.measure on made-up labels: the page, not
+    the stage, is under test here; tests/integration/stress checks the stage's numbers)."""
+    import numpy as np
+    from alle_dist.ensemble.lineage import ensemble_sha256
+    from alle_dist.rundir import RunDir
+    from alle_dist.stress import measure
+
+    y = np.arange(60) % 4
+    base = measure.outcome(y, np.where(np.arange(60) % 15 == 0, (y + 1) % 4, y))
+    rows = [measure.judge({"shift": sh, "strength": s, "strength_label": f"{s:g}", **measure.outcome(
+        y, np.where(np.arange(60) % (9 - k) == 0, (y + 1) % 4, y))}, base)
+        for sh in ("stain", "blur") for k, s in enumerate((1.0, 2.0, 3.0))]
+    return {"n": 60, "goal_factor": 2.0, "shifts": {s: {"strengths": [1.0, 2.0, 3.0], "unit": ""} for s in ("stain", "blur")},
+            "unshifted": base, "rows": rows, "verdict": measure.verdict(rows, base), "broken": [],
+            "ensemble_sha256": ensemble_sha256(RunDir(str(run)))}
+
+
 def _evaluated_run(tmp: Path) -> Path:
-    """helpers_report.gallery_run through the real evaluate stage; returns RUN."""
+    """helpers_report.gallery_run with a stress.json, through the real evaluate stage; returns RUN."""
     from alle_dist.config import EvaluateConfig
     from alle_dist.evaluate import stage
+    from alle_dist.io import storage
+    from alle_dist.rundir import RunDir
 
     run = H.gallery_run(tmp, N_TEST)
+    storage.write_json(RunDir(str(run)).stress, _stress_doc(run))
     stage.evaluate_run(str(run), EvaluateConfig())
     return run
 
@@ -69,6 +90,9 @@ def test_evaluate_report_renders_in_chromium(browser, tmp_path):
     assert "Not a medical device" in browser.find_element(By.ID, "disclaimer").text
     details = browser.find_element(By.ID, "details").text
     assert all(s in details for s in (str(tmp_path / "src"), f"test {N_TEST}", "test_resnet", "torch"))
+    stress_rows = browser.find_elements(By.CSS_SELECTOR, "section#stress table tr")
+    assert len(stress_rows) == 1 + 1 + 6 and "stain" in stress_rows[2].text                # head, unshifted, 2 × 3
+    assert len(browser.find_elements(By.CSS_SELECTOR, "section#stress .plots img")) == 2   # a plot per shift
     plots = browser.execute_script("return Array.from(document.querySelectorAll('.plots img')).map(i => i.clientWidth)")
     assert min(plots) >= 500 and max(plots) >= 1100                # half and whole column: readable
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")

@@ -10,8 +10,8 @@ PKG = Path(__file__).resolve().parents[2] / "alle_dist"
 # Lower first: the foundation, the shared pieces, then the stages in the order data moves.
 LAYERS = [("errors", "schema", "constants"), ("io",), ("config",), ("rundir", "tables", "runtime", "progress"),
           ("bundle", "tracking"), ("imaging",), ("models",), ("referral", "testing"), ("prepare",), ("segment",),
-          ("train",), ("ensemble",), ("tune",), ("evaluate",), ("classify",), ("export",), ("review",), ("audit",),
-          ("flags",), ("cli",), ("demo",)]
+          ("train",), ("ensemble",), ("tune",), ("evaluate",), ("classify",), ("stress",), ("export",), ("review",),
+          ("audit",), ("flags",), ("cli",), ("demo",)]
 # The Hugging Face Hub names its weights file like ours: the registry asks the Hub for that file.
 HUB_NAMES = {"model.safetensors": ("models/registry.py",)}
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -66,7 +66,8 @@ def test_run_directory_file_names_have_one_owner():
     from alle_dist.rundir import ModelDir, RunDir
 
     names = [RunDir.MANIFEST, RunDir.ENSEMBLE, RunDir.METRICS, RunDir.REPORT_HTML, ModelDir.META,
-             ModelDir.WEIGHTS, ModelDir.OOD, ModelDir.OPTIMIZER, ModelDir.OVERSAMPLING, "_probs.parquet"]
+             ModelDir.WEIGHTS, ModelDir.OOD, ModelDir.OPTIMIZER, ModelDir.OVERSAMPLING, "_probs.parquet",
+             RunDir.STRESS, RunDir.STRESS_IMAGES]
     for name in names:
         owners = [p.relative_to(PKG).as_posix() for p, _ in _modules() if f'"{name}' in p.read_text()
                   or f'{name}"' in p.read_text()]

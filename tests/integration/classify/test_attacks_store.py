@@ -98,8 +98,8 @@ _RECORD_AND_HANG = """
 import sys, time
 sys.path.insert(0, {root!r})
 from alle_dist import config
-from alle_dist.classify.run import prepare
-job = prepare({run_dir!r}, {src!r}, {dst!r}, config.job_config(None), run_id="killed-run")
+from alle_dist.classify.run import setup
+job = setup({run_dir!r}, {src!r}, {dst!r}, config.job_config(None), run_id="killed-run")
 job.store.record_run(job.run)          # what classify.run.execute records first
 print("recorded", flush=True)
 time.sleep(600)

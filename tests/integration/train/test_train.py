@@ -20,7 +20,7 @@ from alle_dist import config
 from alle_dist import errors
 from alle_dist import schema
 from alle_dist.rundir import RunDir
-from alle_dist.config import PrepareConfig, SegmentConfig
+from alle_dist.config import SegmentConfig
 from alle_dist.io import storage
 from alle_dist.io.images import decode_rgb
 from alle_dist.models import field_stats
@@ -31,23 +31,11 @@ from alle_dist.prepare import manifest as prep_manifest
 from alle_dist.train import augment
 from alle_dist.train import stage as train_job
 from alle_dist.train import loop as train_loop_mod
+from helpers_run import make_run  # noqa: F401  (test_control imports it from here too)
 
 
 ROOT = Path(__file__).resolve().parents[3]
 ARGS = ["--backbone", "test_resnet", "--pretrained", "none", "--image-size", "64", "--batch-size", "8"]
-
-
-def make_run(run_dir: Path, src: Path, per_class: int = 16) -> str:
-    """A manifest over the first `per_class` real images of each class (Ray-free catalog core)."""
-    picked = {}
-    for rel, cls in catalog.list_labelled(str(src)):
-        picked.setdefault(cls, [])
-        if len(picked[cls]) < per_class:
-            picked[cls].append(rel)
-    rows = [catalog.check_file(str(src), rel, cls) for cls, rels in sorted(picked.items()) for rel in rels]
-    storage.write_parquet(prep_manifest.manifest_table(rows, str(src), 0, PrepareConfig()),
-                          storage.join(str(run_dir), RunDir.MANIFEST))
-    return str(run_dir)
 
 
 def job(**train_overrides):

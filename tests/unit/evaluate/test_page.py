@@ -144,3 +144,31 @@ def test_guarantees_and_control_slots(case):
     p = _Page(page.render(d, {}, {}, {}))
     assert "α (error rate allowed)" in p.text["guarantees"] and "0.0123" in p.text["guarantees"]
     assert "masked-out accuracy 0.3100, chance 0.2500" in p.text["control"]
+
+
+def _stress_doc():
+    from alle_dist.stress import measure
+
+    y = np.arange(40) % 4
+    base = measure.outcome(y, np.where(np.arange(40) % 10 == 0, -1, np.where(np.arange(40) % 13 == 1, (y + 1) % 4, y)))
+    rows = []
+    for k, s in enumerate((0.75, 1.5, 3.0)):
+        label = np.where(np.arange(40) % (5 - k) == 0, (y + 1) % 4, y)
+        rows.append(measure.judge({"shift": "blur", "strength": s, "strength_label": f"{s:g} px σ",
+                                   **measure.outcome(y, label)}, base))
+    return {"n": 40, "goal_factor": 2.0, "shifts": {"blur": {"strengths": [0.75, 1.5, 3.0], "unit": "px σ"}},
+            "unshifted": base, "rows": rows, "verdict": measure.verdict(rows, base), "broken": ["blur"]}
+
+
+def test_the_stress_section_shows_each_shift_its_verdict_and_its_plot(case):
+    _, doc, _ = case
+    plots = H.evaluate_module("plots")
+    assert "Not run" in _Page(page.render(doc, {}, {}, {})).text["stress"]
+    d = {**copy.deepcopy(doc), "stress": _stress_doc()}
+    named = plots.plot_set(d)
+    assert named[0][0] == "stress_blur" and named[0][1] == plots.STRESS_TITLE + "blur"
+    p = _Page(page.render(d, {}, {t: png for _, t, png in named}, {}))
+    text = p.text["stress"]
+    assert "Goal broken" in text and "blur" in text and "3 px σ" in text and "BROKEN" in text
+    assert "stress-verdict" in p.ids and len(p.imgs) == len(named)          # its plot in its section, once
+    assert plots.STRESS_TITLE not in p.text["plots"]
