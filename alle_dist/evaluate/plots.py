@@ -106,7 +106,7 @@ STRESS_TITLE = "Under shift: "    # the page shows these plots in its stress sec
 def plot_stress(stress: dict, shift: str) -> bytes:
     """One shift of stress.json: coverage and accuracy on accepted images (left) and the confident-error
     rate with the goal (right), from unshifted to the most severe strength."""
-    plt = _plt()
+    plt = pyplot()
     base = stress["unshifted"]
     rows = [r for r in stress["rows"] if r["shift"] == shift]
     series = [base] + rows
@@ -125,7 +125,7 @@ def plot_stress(stress: dict, shift: str) -> bytes:
     right.legend(fontsize=9, loc="upper left")
     for ax in (left, right):
         ax.set_xticks(x, ["none"] + [r["strength_label"] for r in rows], fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_set(doc: dict) -> list[tuple[str, str, bytes]]:
