@@ -3,27 +3,26 @@
 Precedence: the dataclass defaults < the stage's section of a YAML file (`--config FILE`) <
 the command line. Every stage saves the resolved config beside its outputs (`save_resolved`).
 A YAML section is named like the stage (`prepare:`, `segment:`, `augment:`, `train:`, `tune:`,
-`evaluate:`, `classify:`, `stress:`, `review:`, `audit:`, `export:`); an unknown key is an error that lists the valid ones, a value of the wrong
-type an error that names it (`build` checks every value against the field's annotation).
+`evaluate:`, `classify:`, `stress:`, `review:`, `audit:`, `export:`: each class's SECTION); an
+unknown key is an error that lists the valid ones, a value of the wrong type an error that names it
+(`fields.build` checks every value against the field's annotation).
 
-Command-line flags are generated from the fields (`add_flags`, `overrides`), so a flag and its YAML
-key can't drift apart. This module imports no pyarrow, torch or Ray (`alle-dist --help` stays fast):
+Command-line flags are generated from the same fields (`fields.add_flags`, `fields.overrides`), so a
+flag and its YAML key can't drift apart. This module imports no pyarrow, torch or Ray (`alle-dist --help` stays fast):
 `io.storage` is imported where a file is read or written.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from .constants import MAX_PIXELS, NEAR_RADIUS
 from .errors import ConfigError
+from .fields import build
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -33,6 +32,7 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass(frozen=True)
 class PrepareConfig:
+    SECTION: ClassVar[str] = "prepare"
     seed: int = 0
     test_fraction: float = 0.35        # the paper's 65 / 35 split
     val_fraction: float = 0.10         # of the train split
@@ -49,6 +49,7 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class SegmentConfig:
+    SECTION: ClassVar[str] = "segment"
     # OpenCV HSV (H in 0..179, S and V in 0..255). Chosen on the shared real images: see docs/segmentation.md.
     hsv_lower: tuple[int, int, int] = (120, 30, 40)
     hsv_upper: tuple[int, int, int] = (179, 255, 255)
@@ -76,6 +77,7 @@ STAIN_NORMS = ("reinhard", "macenko")
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    SECTION: ClassVar[str] = "augment"
     image_size: int = 224              # 227 for AlexNet (the backbone registry says)
     rotation_deg: float = 30.0         # random rotation in both directions
     translate: float = 0.1             # fraction of width / height, both ways
@@ -110,6 +112,7 @@ CONTROLS = ("background",)
 
 @dataclass(frozen=True)
 class TrainConfig:
+    SECTION: ClassVar[str] = "train"
     backbone: str = "resnet50"
     epochs: int = 10                   # the paper's recipe: Adam, lr 1e-4, 10 epochs, batch 32, 224²
     batch_size: int = 32               # per worker
@@ -156,6 +159,7 @@ TUNE_OBJECTIVES = ("accuracy_referral_as_error", "accuracy_on_accepted", "macro_
 
 @dataclass(frozen=True)
 class TuneConfig:
+    SECTION: ClassVar[str] = "tune"
     backbones: tuple[str, ...] = ("densenet201", "resnet50")
     objective: str = "accuracy_referral_as_error"
     min_coverage: float = 0.98         # in-distribution coverage floor (validation)
@@ -220,11 +224,13 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    SECTION: ClassVar[str] = "evaluate"
     max_corrections_copied: int = 1000
 
 
 @dataclass(frozen=True)
 class ClassifyConfig:
+    SECTION: ClassVar[str] = "classify"
     batch_size: int = 64               # images per model call (one actor batch); 256+ suits a big GPU
     gpus: int | None = None            # GPU actors; None = every GPU in the cluster
     cpu_workers: int | None = None     # CPU actors when there is no GPU; None = half the cluster CPUs
@@ -254,6 +260,7 @@ STRESS_SHIFTS = ("stain", "hue", "brightness_gamma", "blur", "noise", "jpeg", "r
 
 @dataclass(frozen=True)
 class StressConfig:
+    SECTION: ClassVar[str] = "stress"
     shifts: tuple[str, ...] = STRESS_SHIFTS
     limit: int | None = None           # a seeded subset of this many test images (None: the whole split)
     seed: int = 0                      # the subset and every shift's per-image draws
@@ -269,6 +276,7 @@ class StressConfig:
 
 @dataclass(frozen=True)
 class ReviewConfig:
+    SECTION: ClassVar[str] = "review"
     audit: int = 50                    # blind audit sample: accepted images drawn at random, stratified by class
     limit: int | None = None           # at most this many referred images per batch (None = every one not reviewed)
     seed: int | None = None            # the audit draw's seed; None = a fresh one (recorded in the batch)
@@ -282,6 +290,7 @@ class ReviewConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
+    SECTION: ClassVar[str] = "audit"
     # Level of the intervals and tests; None = the rule's own (1 - δ from ensemble.json, else 0.95).
     confidence: float | None = None
 
@@ -295,6 +304,7 @@ _SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
 @dataclass(frozen=True)
 class ExportConfig:
+    SECTION: ClassVar[str] = "export"
     version: str = "1.0.0"             # the bundle's version (semantic versioning, as MONAI bundles)
     changelog: str | None = None       # this version's entry in metadata.json's changelog
     license: str = "apache-2.0"        # the model card's license (Hugging Face identifiers)
@@ -311,14 +321,9 @@ class ExportConfig:
         _check(0 < self.parity_tolerance < 1, f"export.parity_tolerance={self.parity_tolerance}: must be in (0, 1)")
 
 
-STAGE_CONFIGS: dict[str, type] = {
-    "prepare": PrepareConfig, "segment": SegmentConfig, "augment": AugmentConfig,
-    "train": TrainConfig, "tune": TuneConfig, "evaluate": EvaluateConfig, "classify": ClassifyConfig,
-    "stress": StressConfig, "review": ReviewConfig, "audit": AuditConfig, "export": ExportConfig,
-}
-
-
-_SECTION_OF = {cls: name for name, cls in STAGE_CONFIGS.items()}
+STAGE_CONFIGS: dict[str, type] = {cls.SECTION: cls for cls in (
+    PrepareConfig, SegmentConfig, AugmentConfig, TrainConfig, TuneConfig, EvaluateConfig, ClassifyConfig,
+    StressConfig, ReviewConfig, AuditConfig, ExportConfig)}
 
 
 @dataclass(frozen=True)
@@ -367,65 +372,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
 
 
-def build(cls: type, section: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None):
-    """cls from defaults < section < overrides (None values in overrides are ignored); every value is
-    checked against the field's annotation first, so a wrong type is one line naming the key."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = dict(section or {})
-    unknown = set(values) - names
-    _check(not unknown, f"{cls.__name__}: unknown key(s) {sorted(unknown)}; valid: {sorted(names)}")
-    values.update({k: v for k, v in (overrides or {}).items() if k in names and v is not None})
-    hints = typing.get_type_hints(cls)
-    prefix = _SECTION_OF.get(cls, cls.__name__)
-    values = {k: _typed(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
-
-
-_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """`value` as the annotation `hint` says (int, float, str, bool, X | None, tuple[X, ...]), or ConfigError."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        return _typed_tuple(value, args, where)
-    return _scalar(value, hint, where)
-
-
-def _scalar(value: Any, hint: type, where: str) -> Any:
-    if hint is float and isinstance(value, str):
-        try:   # YAML 1.1 reads `lr: 1e-4` (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}.get(hint, lambda v: True)
-    if not ok(value):
-        raise ConfigError(f"{where}: {value!r} is not {_KIND.get(hint, hint)}")
-    return float(value) if hint is float else value
-
-
-def _typed_tuple(value: Any, args: tuple, where: str) -> tuple:
-    variadic = len(args) == 2 and args[1] is Ellipsis
-    if isinstance(value, str) and variadic:   # `backbones: densenet201,resnet50`
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{where}: {value!r} is not a list; give a list, e.g. [a, b]")
-    if not variadic and len(value) != len(args):
-        raise ConfigError(f"{where}: {list(value)} has {len(value)} values; give {len(args)}")
-    kinds = [args[0]] * len(value) if variadic else list(args)
-    return tuple(_scalar(v, k, where) for v, k in zip(value, kinds))
-
-
 def job_config(yaml_path: str | None = None, **overrides: dict[str, Any]) -> JobConfig:
     """The JobConfig from a YAML file and per-stage overrides, e.g. train={"epochs": 2}."""
     data = load_yaml(yaml_path)
@@ -447,61 +393,3 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
-
-
-# ---------------------------------------------------------------- command-line flags from the fields
-
-def add_flags(parser: argparse.ArgumentParser, cls: type, fields: dict[str, str | None],
-              extra: dict[str, dict] | None = None) -> None:
-    """`--field-name` for each named field of `cls` (help text per field; None = none), typed from its
-    annotation: int / float / str, bool → --x / --no-x, tuples → comma-separated values. Every
-    default is None, so an unset flag leaves the YAML value (defaults < YAML < CLI); the help shows
-    the dataclass default. `extra` adds argparse keywords per field (choices, metavar)."""
-    hints = typing.get_type_hints(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for name, text in fields.items():
-        kwargs = {"default": None, "dest": name, **_flag_type(hints[name], f"{_SECTION_OF[cls]}.{name}")}
-        kwargs["help"] = _help(text, defaults[name])
-        kwargs.update((extra or {}).get(name, {}))
-        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
-
-
-def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The values the command line gave for `cls`'s fields (unset flags are None and left out)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name, None) is not None}
-
-
-def _flag_type(hint: Any, where: str) -> dict[str, Any]:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint, args = args[0], list(typing.get_args(args[0]))
-    if hint is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if typing.get_origin(hint) is tuple:
-        n = None if args[-1] is Ellipsis else len(args)
-        return {"type": _comma_list(args[0], n, where), "metavar": ",".join(["X"] * (n or 2)) + ("" if n else ",...")}
-    return {"type": hint, **({"metavar": {int: "N", float: "X"}[hint]} if hint in (int, float) else {})}
-
-
-def _comma_list(kind: type, n: int | None, where: str):
-    def parse(text: str) -> tuple:
-        parts = [p for p in text.replace(" ", "").split(",") if p]
-        try:
-            values = tuple(kind(p) for p in parts)
-        except ValueError:
-            values = ()
-        if not values or (n is not None and len(values) != n):
-            count = f"{n} comma-separated" if n else "comma-separated"
-            raise argparse.ArgumentTypeError(f"{text!r}: give {count} {kind.__name__} values for {where}")
-        return values
-    parse.__name__ = f"{kind.__name__} list"   # argparse names the type in its error message
-    return parse
-
-
-def _help(text: str | None, default: Any) -> str | None:
-    if text is None or "default" in text or default in (dataclasses.MISSING, None):
-        return text
-    if isinstance(default, tuple):
-        default = ",".join(map(str, default))
-    return f"{text} (default: {default})" if text else f"default: {default}"

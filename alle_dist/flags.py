@@ -1,9 +1,9 @@
 """Every stage's command-line flags, in one light module: it imports argparse and config only, so
 `alle-dist --help` and `alle-dist <stage> --help` print without importing torch, Ray or pyarrow.
 
-A flag that sets a config field is generated from the field (`config.add_flags`): its type comes
+A flag that sets a config field is generated from the field (`fields.add_flags`): its type comes
 from the annotation and its default is None, so defaults < YAML (`--config`) < command line holds.
-The stage's `main(args)` reads them back with `config.overrides(args, Cls)`. Flags that are not
+The stage's `main(args)` reads them back with `fields.overrides(args, Cls)`. Flags that are not
 config fields (paths, --retrain, --tasks) are written here by hand.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ import argparse
 
 from .config import (AUGMENT_RECIPES, CONTROLS, STAIN_NORMS, STRESS_SHIFTS, AuditConfig, ClassifyConfig, EvaluateConfig,
                      ExportConfig, PrepareConfig, ReviewConfig, SegmentConfig, StressConfig, TrainConfig, TuneConfig,
-                     TUNE_OBJECTIVES, add_flags)
+                     TUNE_OBJECTIVES)
+from .fields import add_flags
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

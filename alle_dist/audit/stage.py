@@ -65,10 +65,10 @@ def audit(dst: str, run_dir: str | None, confidence: float | None) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import config
+    from .. import config, fields
     from . import page, plots
 
-    job_cfg = config.job_config(args.config, audit=config.overrides(args, config.AuditConfig))
+    job_cfg = config.job_config(args.config, audit=fields.overrides(args, config.AuditConfig))
     doc = audit(args.table, args.run_dir, job_cfg.audit.confidence)
     for line in page.lines(doc):
         print(f"audit: {line}")

@@ -6,9 +6,9 @@ import sys
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import config
+    from .. import config, fields
 
-    overrides = {**config.overrides(args, config.ClassifyConfig),
+    overrides = {**fields.overrides(args, config.ClassifyConfig),
                  "verify_sha256": False if args.trust_size else None}
     job_cfg = config.job_config(args.config, classify=overrides)
     try:
@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, job_cfg) -> int:
-    from .. import config
+    from .. import config, fields
     from ..errors import StorageError
     from ..io import storage
     from ..runtime import init_ray

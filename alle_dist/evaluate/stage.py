@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .. import config
+from .. import config, fields
 from ..ensemble import lineage
 from ..ensemble import split_probs
 from ..ensemble import weighted
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
     from ..tracking import open_tracker
 
-    job_cfg = config.job_config(args.config, evaluate=config.overrides(args, config.EvaluateConfig))
+    job_cfg = config.job_config(args.config, evaluate=fields.overrides(args, config.EvaluateConfig))
     RunDir(args.run_dir).check_ready("evaluate")   # a wrong RUN fails in a second, before Ray starts
     weighted.load_spec(args.run_dir)          # a wrong RUN fails here, before Ray starts or files are written
     tracker = open_tracker(getattr(args, "mlflow", None), "evaluate", args.run_dir)   # an unreachable server: now

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from .. import config
+from .. import config, fields
 from ..bundle import BundleDir, bundle_id, is_bundle_path, read_metadata, verify, write_hashes, write_zip
 from ..errors import StorageError
 from ..io import storage
@@ -116,7 +116,7 @@ def _onnx(run: RunDir, b: BundleDir, models, cfg: config.ExportConfig, parity_da
 
 
 def main(args: argparse.Namespace) -> int:
-    job_cfg = config.job_config(args.config, export=config.overrides(args, config.ExportConfig))
+    job_cfg = config.job_config(args.config, export=fields.overrides(args, config.ExportConfig))
     RunDir(args.run_dir).check_ready("export")   # RUN and its ensemble.json, before anything is read
     doc = export(args.run_dir, args.output, job_cfg.export, args.parity_data)
     b = BundleDir(args.output)

@@ -93,11 +93,11 @@ def guard_existing(run: RunDir, table: pa.Table, reviews: bool = False) -> bool 
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import config
+    from .. import config, fields
     from ..runtime import init_ray
     from . import reviews
 
-    job_cfg = config.job_config(args.config, prepare=config.overrides(args, PrepareConfig))
+    job_cfg = config.job_config(args.config, prepare=fields.overrides(args, PrepareConfig))
     src = storage.absolute(args.data)   # the manifest records where the images are, for every later stage
     items = list_labelled(src)  # before Ray starts: a bad source fails in a second
     reviewed, added = [], None

@@ -16,10 +16,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
-    from .. import config
+    from .. import config, fields
     from .build import PAGE, build
 
-    job_cfg = config.job_config(args.config, review=config.overrides(args, config.ReviewConfig))
+    job_cfg = config.job_config(args.config, review=fields.overrides(args, config.ReviewConfig))
     doc = build(args.table, args.output, args.run_dir, job_cfg)
     sel, left = doc["selection"], doc["left_out"]
     kinds = [it["kind"] for it in doc["items"]]

@@ -91,10 +91,10 @@ def segment_dataset(src: str, dst: str, cfg: SegmentConfig, tasks: int | None = 
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import config
+    from .. import config, fields
     from ..runtime import init_ray
 
-    job_cfg = config.job_config(args.config, segment=config.overrides(args, SegmentConfig))
+    job_cfg = config.job_config(args.config, segment=fields.overrides(args, SegmentConfig))
     init_ray(args.num_cpus)
     report = segment_dataset(args.data, args.output, job_cfg.segment, args.tasks)
     storage.write_parquet(report, storage.join(args.output, REPORT_FILE))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .. import config
+from .. import config, fields
 from ..io import storage
 from ..rundir import RunDir
 
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     from ..runtime import init_ray
     from .run import stress_run
 
-    job_cfg = config.job_config(args.config, stress=config.overrides(args, config.StressConfig))
+    job_cfg = config.job_config(args.config, stress=fields.overrides(args, config.StressConfig))
     run = RunDir(args.run_dir)
     run.check_ready("stress")              # a wrong RUN fails in a second, before Ray starts
     weighted.load_spec(args.run_dir)

@@ -220,7 +220,7 @@ def publish(result, out: ModelDir) -> dict:
 def train_backbone(run_dir: str, job_cfg, retrain: bool = False, tracker=None) -> dict:
     """Train (or resume, or skip when finished) `job_cfg.train.backbone`; returns its final meta. With a
     `tracker` (alle_dist.tracking) the training is one MLflow run: the recipe, every epoch, the model id."""
-    from .. import config
+    from .. import config, fields
     from ..prepare.manifest import read_manifest
     from .posttrain import export_splits
 
@@ -303,12 +303,12 @@ def _out(run: RunDir, train_cfg) -> ModelDir:
 def main(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .. import config
+    from .. import config, fields
     from ..runtime import init_ray
     from ..tracking import open_tracker
 
-    job_cfg = config.job_config(args.config, train=config.overrides(args, config.TrainConfig),
-                                segment=config.overrides(args, config.SegmentConfig),
+    job_cfg = config.job_config(args.config, train=fields.overrides(args, config.TrainConfig),
+                                segment=fields.overrides(args, config.SegmentConfig),
                                 augment={"recipe": getattr(args, "augment_recipe", None)})
     RunDir(args.run_dir).check_ready("train")   # a wrong RUN fails in a second, before Ray starts
     names = registry.expand(job_cfg.train.backbone)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .. import config
+from .. import config, fields
 from ..ensemble import lineage, split_probs, weighted
 from ..errors import ConfigError, UsageError
 from ..io import storage
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     from ..tracking import open_tracker
 
     # --backbone is train.backbone (for --tune-training); every other flag is a tune field.
-    over = config.overrides(args, config.TuneConfig)
+    over = fields.overrides(args, config.TuneConfig)
     if over.get("referral_rate") == _NONE:
         over.pop("referral_rate")
     if getattr(args, "selective_risk", None) is not None:   # γ by SGR at that error rate

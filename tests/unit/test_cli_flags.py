@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alle_dist import config
+from alle_dist import config, fields
 from alle_dist.cli import STAGES, get_args_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +41,13 @@ def test_ray_jobs_entrypoint_has_the_same_flags(stage):
 def test_flags_are_generated_from_the_fields_with_types():
     args = get_args_parser("train").parse_args(
         ["--run-dir", "r", "--epochs", "3", "--lr", "1e-3", "--no-segmented", "--gpus-per-worker", "0.5"])
-    assert config.overrides(args, config.TrainConfig) == {"epochs": 3, "lr": 1e-3, "segmented": False,
+    assert fields.overrides(args, config.TrainConfig) == {"epochs": 3, "lr": 1e-3, "segmented": False,
                                                           "gpus_per_worker": 0.5}
     tune = get_args_parser("tune").parse_args(["--run-dir", "r", "--backbones", "a,b", "--seed", "4",
                                                "--backbone", "x"])
-    assert config.overrides(tune, config.TuneConfig) == {"backbones": ("a", "b"), "seed": 4}
+    assert fields.overrides(tune, config.TuneConfig) == {"backbones": ("a", "b"), "seed": 4}
     seg = get_args_parser("segment").parse_args(["--data", "d", "--output", "o", "--hsv-upper", "170,255,250"])
-    assert config.overrides(seg, config.SegmentConfig) == {"hsv_upper": (170, 255, 250)}
+    assert fields.overrides(seg, config.SegmentConfig) == {"hsv_upper": (170, 255, 250)}
 
 
 def test_every_flag_that_existed_before_still_parses():
@@ -84,7 +84,7 @@ def test_defaults_yaml_cli_precedence(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  epochs: 4\n  lr: 1e-4\n  batch_size: 16\ntune:\n  backbones: densenet201,resnet50\n")
     args = get_args_parser("train").parse_args(["--run-dir", "r", "--epochs", "7"])
-    job = config.job_config(str(cfg), train=config.overrides(args, config.TrainConfig))
+    job = config.job_config(str(cfg), train=fields.overrides(args, config.TrainConfig))
     assert (job.train.epochs, job.train.batch_size, job.train.lr, job.train.seed) == (7, 16, 1e-4, 0)
     assert job.tune.backbones == ("densenet201", "resnet50")
 
@@ -154,6 +154,6 @@ def test_each_missing_artifact_names_the_stage_that_makes_it(tmp_path, capsys):
 
 def test_train_sets_the_hsv_thresholds_its_models_record():
     args = get_args_parser().parse_args(["train", "--run-dir", "r", "--hsv-lower", "110,20,30"])
-    job_cfg = config.job_config(None, train=config.overrides(args, config.TrainConfig),
-                                segment=config.overrides(args, config.SegmentConfig))
+    job_cfg = config.job_config(None, train=fields.overrides(args, config.TrainConfig),
+                                segment=fields.overrides(args, config.SegmentConfig))
     assert job_cfg.segment.hsv_lower == (110, 20, 30) and job_cfg.segment.hsv_upper == config.SegmentConfig().hsv_upper

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "alle_dist"
 # Lower first: the foundation, the shared pieces, then the stages in the order data moves.
-LAYERS = [("errors", "schema", "constants"), ("io",), ("config",), ("rundir", "tables", "runtime", "progress"),
+LAYERS = [("errors", "schema", "constants"), ("io",), ("fields",), ("config",), ("rundir", "tables", "runtime", "progress"),
           ("bundle", "tracking"), ("imaging",), ("models",), ("referral", "testing"), ("prepare",), ("segment",),
           ("train",), ("ensemble",), ("tune",), ("evaluate",), ("classify",), ("stress",), ("export",), ("review",),
           ("audit",), ("flags",), ("cli",), ("demo",)]
