@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/classify_throughput.py [--device cpu|cuda] [--n-images N] [--batch-size B]
         [--backbones resnet50,densenet201] [--data SRC] [--num-cpus N] [--decode-threads N]
+        [--models-only [--compile] [--steps N]]
 
 Bare loop: read + sha256 + decode + segment + resize (a thread pool of --decode-threads, prefetching
 ahead of the models, like a DataLoader) → both models → OOD scores + ensemble, in this process.
@@ -12,6 +13,11 @@ execute() start to the last commit, actor start-up included.
 Models are untrained (`pretrained=none`, same compute as trained ones). Images: --data, else
 ../shared/data/leukemia, else a synthetic set; cycled through symlinks when --n-images exceeds them.
 Prints one JSON line: both rates (images/s), their ratio (goal on one GPU ≥ 0.85) and the setup.
+
+--models-only: the bare ensemble alone, the ceiling the read path has to feed: every member's
+Predictor (bf16 autocast + channels_last on CUDA, as served) on one uint8 batch already in host
+memory, --steps calls after a warm-up; --compile wraps each member's forward_features in
+torch.compile first (goal on an H200 with bf16 + compile: ≥ 8 000 images/s).
 """
 from __future__ import annotations
 
@@ -71,6 +77,27 @@ def bare_loop(plan: cls_run.Job, device: str, batch_size: int, threads: int) -> 
     return n / (time.perf_counter() - t)
 
 
+def models_only(plan: cls_run.Job, device: str, batch_size: int, steps: int, compile_: bool) -> float:
+    """images/s of the ensemble's members on a uint8 batch in host memory: no read path, no decider."""
+    import numpy as np
+    import torch
+
+    runner = inference.ModelRunner(cls_pipeline.model_dirs(plan.models), device)
+    if compile_:
+        for p in runner.predictors.values():   # the Predictor calls forward_features, not forward
+            p.model.forward_features = torch.compile(p.model.forward_features)
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, runner.image_size, runner.image_size, 3),
+                                               dtype=np.uint8)
+    for _ in range(2):                         # warm-up (and compilation): not timed
+        [p(images) for p in runner.predictors.values()]
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        [p(images) for p in runner.predictors.values()]
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - t)
+
+
 def job(plan: cls_run.Job) -> float:
     t = time.perf_counter()
     problems = cls_run.execute(plan)
@@ -98,6 +125,9 @@ def main() -> None:
     p.add_argument("--data", default=None, help="folder or s3:// prefix of images")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--decode-threads", type=int, default=None, help="bare loop's decode threads (default: all CPUs)")
+    p.add_argument("--models-only", action="store_true", help="time the bare ensemble alone (no read path)")
+    p.add_argument("--compile", action="store_true", help="with --models-only: torch.compile each member")
+    p.add_argument("--steps", type=int, default=20, help="with --models-only: timed batches")
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
     args.n_images = args.n_images or (8192 if gpu else 512)
@@ -112,6 +142,15 @@ def main() -> None:
     run = str(make_run_dir(Path(tmp) / "run", backbones=tuple(backbones), image_size=size, gamma=0.7))
     src = inputs(args, tmp)
     cfg = JobConfig(classify=ClassifyConfig(batch_size=batch, commit_rows=50_000, gpus=1 if gpu else 0))
+    setup = {"bench": "classify_throughput", "device": args.device,
+             "card": torch.cuda.get_device_name(0) if gpu else None, "cpus": cpus, "batch_size": batch,
+             "backbones": backbones, "image_size": size}
+    if args.models_only:
+        rate = models_only(cls_run.setup(run, src, f"{tmp}/bare", cfg), args.device, batch, args.steps, args.compile)
+        print(json.dumps({**setup, "mode": "models_only", "precision": "bf16" if gpu else "fp32",
+                          "compile": args.compile, "steps": args.steps, "ensemble_images_per_s": round(rate, 1),
+                          "goal_images_per_s_h200": 8000}))
+        return
     bare = bare_loop(cls_run.setup(run, src, f"{tmp}/bare", cfg), args.device, batch,
                      args.decode_threads or cpus)
 
@@ -119,9 +158,7 @@ def main() -> None:
     init_ray(num_cpus=cpus)
     whole = job(cls_run.setup(run, src, f"{tmp}/out", cfg))
     print(json.dumps({
-        "bench": "classify_throughput", "device": args.device,
-        "card": torch.cuda.get_device_name(0) if gpu else None, "cpus": cpus,
-        "n_images": args.n_images, "batch_size": batch, "backbones": backbones, "image_size": size,
+        **setup, "n_images": args.n_images,
         "bare_loop_images_per_s": round(bare, 1), "job_images_per_s": round(whole, 1),
         "ratio_job_to_bare": round(whole / bare, 3), "goal_ratio_gpu": 0.85,
     }))

@@ -11,8 +11,10 @@
 #      (Adam 1e-4, 10 epochs, batch 32, 224²) through the real Ray Train job; tune; evaluate.
 #   2. OOD referral on those models (bench/ood_referral.py).
 #   3. training throughput: Ray Train vs a bare loop; DenseNet-201 vs ResNet-50 images/s.
-#   4. bulk classification throughput: the classify job vs a bare loop.
-#   5. (PART=3) DenseNet-201 vs ResNet-50 under torch.compile (compiling DenseNet takes minutes).
+#   4. bulk classification throughput: the classify job vs a bare loop; the bare ensemble alone (bf16);
+#      bench/read_path.py on the host's CPU (the read task per image against the bare decode).
+#   5. (PART=3) DenseNet-201 vs ResNet-50 under torch.compile (compiling DenseNet takes minutes), and
+#      the bare ensemble under torch.compile.
 # Results land in $OUT (logs, metrics.json, ensemble.json, comparison.md, one JSON line per bench).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
@@ -25,10 +27,12 @@ if [ "${SMALL:-0}" = 1 ]; then
   A=test_resnet; B=test_efficientnet; TRAIN="--epochs 1 --image-size 64 --limit 200"; DEV=cpu
   TT="--backbone test_resnet --image-size 64 --steps 4 --batch-size 16"; TM="--image-size 64 --steps 2 --batch-size 8"
   CT="--n-images 128 --image-size 64 --backbones test_resnet,test_efficientnet"; OODL=40; S=1
+  ENS="--image-size 64 --backbones test_resnet,test_efficientnet --batch-size 32 --steps 2"; RP="--n-images 4 --rounds 1"
 else
   A=densenet201; B=resnet50; TRAIN="--epochs 10 --batch-size 32 --image-size 224"; DEV=cuda
   TT="--backbone resnet50 --batch-size 64 --steps 40"; TM="--batch-size 128 --steps 30 --channels-last"
   CT="--n-images 8192"; OODL=400; S=1
+  ENS="--batch-size 512 --steps 30"; RP="--n-images 40 --rounds 5"
 fi
 
 step() {  # step NAME SECONDS CMD...: log to $OUT/NAME.log, show the tail, keep going on failure
@@ -59,9 +63,12 @@ if [ "$PART" = all ] || [ "$PART" = 2 ]; then
 step train_bench 100 $PY bench/train_throughput.py --mode ray --device $DEV $TT
 step members_bench 120 $PY bench/train_throughput.py --mode members --device $DEV $TM
 step classify_bench 150 $PY bench/classify_throughput.py --device $DEV --data "$DATA" $CT
+step ensemble_bench 90 $PY bench/classify_throughput.py --device $DEV --data "$DATA" --models-only $ENS
+step read_path 120 $PY bench/read_path.py --data "$DATA" $RP
 fi
 if [ "$PART" = all ] || [ "$PART" = 3 ]; then
-step members_compile 500 $PY bench/train_throughput.py --mode members --device $DEV $TM --compile
+step members_compile 400 $PY bench/train_throughput.py --mode members --device $DEV $TM --compile
+step ensemble_compile 180 $PY bench/classify_throughput.py --device $DEV --data "$DATA" --models-only --compile $ENS
 fi
 grep -h '^{' "$OUT"/*.log > "$OUT/results.jsonl" 2>/dev/null
 echo "=== results"; cat "$OUT/results.jsonl"
