@@ -116,13 +116,13 @@ def ls_info(row: dict) -> str:
 
 
 def manifest(batch_id: str, table: source.Table, models, run_dir: str, cfg, seed: int, rows: list[dict],
-             counts: dict, left: dict, root: str | None) -> dict:
+             counts: dict, left: dict, root: dict) -> dict:
     keep = ("uri", "sha256", "kind", "path", "label", "predicted_class", "refer_reason", "confidence", "run_id")
     return {"batch_id": batch_id, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "who": who(), "table": table.uri, "table_version": table.version, "model_sha256": table.model_sha256,
             "models": models.hashes, "run_dir": run_dir, "classes": list(table.classes),
             "labels": list(schema.review_labels(table.classes)), "seed": seed, "audit_requested": cfg.audit,
-            "limit": cfg.limit, "selection": counts, "left_out": left, "label_studio": {"document_root": root},
+            "limit": cfg.limit, "selection": counts, "left_out": left, "label_studio": root,
             "items": [{**{k: r[k] for k in keep}, "model_label": r["label"]} for r in rows]}
 
 
@@ -138,7 +138,7 @@ def build(dst: str, out_dir: str, run_dir: str | None, job_cfg: config.JobConfig
     log.info("review build: %d image(s): reading them and computing Grad-CAM maps", len(rows))
     pics, left = views.pictures(rows, run_dir, models.metas, table.classes, cfg.image_px)
     kept = [(r, p) for r, p in zip(rows, pics) if p is not None]
-    root = labelstudio.document_root([r["uri"] for r, _ in kept])
+    root = labelstudio.local_roots([r["uri"] for r, _ in kept])
     doc = manifest(new_batch_id(), table, models, run_dir, cfg, seed, [r for r, _ in kept], counts, left, root)
     if not kept:
         return {**doc, "written": []}

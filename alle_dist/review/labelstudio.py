@@ -13,13 +13,15 @@ Where `image` points (Label Studio fetches it, not alle_dist):
   task's s3:// URI as a pre-signed URL;
 - a local file: /data/local-files/?d=<path below the batch's document root>. Start Label Studio with
   LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<root>
-  (the batch manifest records the root: the deepest folder holding every image of the batch) and
-  add a Local Files source storage under that root (without syncing it).
+  and add a Local Files source storage at <storage_path> (without syncing it); the batch manifest
+  records both (label_studio.document_root / storage_path, see local_roots).
 
 The export read back (`parse_export`): Label Studio's "JSON" export (tasks with `annotations`: each
 non-cancelled annotation is one decision, its `choices` result the label, its `textarea` result the
-note, `updated_at` the time, `completed_by` / `created_username` the reviewer) and its "JSON_MIN"
-export (flat rows with `decision`, `annotator`, `updated_at`).
+note, `updated_at` the time, `completed_by` the reviewer) and its "JSON_MIN" export (one flat row per
+annotation with `decision`, `note`, `annotator`, `updated_at`; a task without annotations is one row
+without `decision`; a task whose only annotation was skipped is left out). Checked against the
+exports of Label Studio 1.23.2 (tests/fixtures/label_studio).
 """
 from __future__ import annotations
 
@@ -52,13 +54,23 @@ def config_xml(labels: list[str]) -> str:
             'editable="true"/>\n</View>\n')
 
 
-def document_root(uris: list[str]) -> str | None:
-    """The deepest folder holding every local image of the batch (None without local images)."""
+def local_roots(uris: list[str]) -> dict:
+    """Where Label Studio serves the batch's local images from (both None without local images):
+    `storage_path`, the deepest folder holding every image, is the project's Local Files storage, and
+    `document_root`, its parent, is LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT. Label Studio (1.23) refuses
+    a storage *at* the document root ("cannot be the same as LOCAL_FILES_DOCUMENT_ROOT") and serves a
+    file only below a storage of the project, hence the two levels. Images spread over / have no
+    single storage: their root is / and the user adds one storage per top folder."""
     paths = [storage.from_uri(u) for u in uris if not storage.is_s3(u)]
-    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else None
+    if not paths:
+        return {"document_root": None, "storage_path": None}
+    common = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return {"document_root": os.path.dirname(common), "storage_path": common}
 
 
 def image_url(uri: str, root: str | None) -> str:
+    """The task's image: an s3:// URI as is, a local file as /data/local-files/?d=<path below root>
+    (percent-encoded: Label Studio decodes `d` as a query parameter, so '#', '&', spaces survive)."""
     if storage.is_s3(uri):
         return uri
     return LOCAL_PREFIX + quote(os.path.relpath(storage.from_uri(uri), root).replace(os.sep, "/"))
@@ -79,7 +91,8 @@ def parse_export(name: str, doc) -> tuple[list[dict], int]:
     if not isinstance(doc, list) or not all(isinstance(t, dict) for t in doc):
         raise UsageError(f"{name}: not a Label Studio export (expected a list of tasks); export the project "
                          "as JSON")
-    if doc and not any("annotations" in t or CHOICES in t for t in doc):
+    # JSON_MIN rows carry `annotator` (null when unannotated): a project nobody labelled yet is no error
+    if doc and not any("annotations" in t or CHOICES in t or "annotator" in t for t in doc):
         raise UsageError(f"{name}: JSON without Label Studio annotations (no 'annotations' or "
                          f"'{CHOICES}' key); export the project as JSON or JSON_MIN with the labelling config "
                          "`review build` wrote")
@@ -117,7 +130,8 @@ def _minimal(task: dict) -> list[dict]:
         label = (label.get("choices") or [None])[0]
     if not label:
         return []
-    return [_row(task, label, task.get("annotator"), task.get(NOTE), task.get("updated_at") or task.get("created_at"))]
+    return [_row(task, label, _user(task.get("annotator")), task.get(NOTE),
+                 task.get("updated_at") or task.get("created_at"))]
 
 
 def _result(ann: dict, kind: str):
@@ -133,8 +147,14 @@ def _result(ann: dict, kind: str):
 def _reviewer(ann: dict) -> str | None:
     by = ann.get("completed_by")
     if isinstance(by, dict):
-        return by.get("email") or by.get("username") or (f"label-studio user {by['id']}" if "id" in by else None)
-    name = ann.get("created_username")
-    if name:
-        return str(name)
-    return f"label-studio user {by}" if by is not None else None
+        return by.get("email") or by.get("username") or _user(by.get("id"))
+    return _user(by) or ann.get("created_username")     # the id first: JSON_MIN has only that
+
+
+def _user(who) -> str | None:
+    """A reviewer as the export names them. Label Studio 1.23 exports the annotator's user id, not
+    the e-mail (JSON: `completed_by`, JSON_MIN: `annotator`): both become "label-studio user <id>", so
+    the same decision read from either export is the same row."""
+    if who is None or who == "":
+        return None
+    return f"label-studio user {who}" if isinstance(who, int) or str(who).isdigit() else str(who)

@@ -105,7 +105,7 @@ def test_labelling_config_is_xml_with_the_vocabulary_and_local_images_below_one_
     assert [c.get("value") for c in cfg.iter("Choice")] == ["A&B", "Pre", "other cell type", "unusable image"]
     assert cfg.find("Choices").get("toName") == cfg.find("Image").get("name") == "image"
     uris = ["file:///data/x/Pre/1.jpg", "file:///data/x/Pro/2%20b.jpg", "s3://bucket/k/3.jpg"]
-    root = LS.document_root(uris)
-    assert root == "/data/x"
+    root = LS.local_roots(uris)["document_root"]
+    assert root == "/data"
     assert [t["data"]["image"] for t in LS.tasks([{"uri": u, "sha256": "s", "kind": "audit"} for u in uris], "b", root)] \
-        == ["/data/local-files/?d=Pre/1.jpg", "/data/local-files/?d=Pro/2%20b.jpg", "s3://bucket/k/3.jpg"]
+        == ["/data/local-files/?d=x/Pre/1.jpg", "/data/local-files/?d=x/Pro/2%20b.jpg", "s3://bucket/k/3.jpg"]
