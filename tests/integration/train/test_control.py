@@ -13,7 +13,7 @@ from alle_dist.imaging import hsv
 from alle_dist.imaging.model_input import control_input
 from alle_dist.io import storage
 from alle_dist.io.images import decode_rgb
-from alle_dist.models import persistence
+from alle_dist.models import persistence, preprocessing
 from alle_dist.rundir import RunDir
 from alle_dist.testing import synthetic
 from alle_dist.train import stage as train_job
@@ -57,7 +57,9 @@ def test_control_trains_into_its_own_folder_and_evaluate_reads_it(tmp_path, ray_
     assert not storage.exists(RunDir(run).model("test_resnet").root)        # the real model's folder: untouched
     test = storage.read_parquet(out.probs(schema.TEST)).to_pandas()
     row = test.iloc[0]
-    _, removed = control_input(decode_rgb(storage.read_bytes(storage.join(src, row["path"]))), 32, SegmentConfig())
+    working = preprocessing.read(meta).working_size          # the mask is the read path's, at the working size
+    _, removed = control_input(decode_rgb(storage.read_bytes(storage.join(src, row["path"]))), 32, SegmentConfig(),
+                               working)
     assert row["mask_fraction"] == pytest.approx(removed, abs=1e-6)         # predicted on the control images
     assert train_job.train_backbone(run, jcfg) == persistence.read_meta(out.root)   # finished: not retrained
     name = out.root.rsplit("/", 1)[-1]
