@@ -47,22 +47,32 @@ def against(k: int, n: int, bound: float | None, delta: float) -> dict | None:
     return {"bound": float(bound), "delta": float(delta), "p_value": p, "verdict": ABOVE if above else CONSISTENT}
 
 
-def gamma_bound(guarantees: dict | None) -> tuple[float | None, str | None]:
-    """The γ rule's stated bound on the error rate among accepted images, and its basis (as in
-    ensemble.json's guarantees: SGR's certified bound when γ was set by SGR, else the validation
-    Clopper-Pearson bound of the chosen γ)."""
+def gamma_bound(guarantees: dict | None, tested: dict | None = None) -> tuple[float | None, str | None]:
+    """The bound on the error rate among accepted images to hold the audit against, and its basis: the
+    one evaluate's report leads with, so the audit and the report can't compare against different
+    numbers. SGR's certified bound when γ was set by SGR; else the test split's Clopper-Pearson bound
+    from evaluate (`tested`: its γ row in metrics.json, of this very ensemble.json; valid, since
+    nothing was fitted on the test images); without that report, tune's validation figure, which is
+    optimistic, or none when the validation split was too small to state one."""
     gr = (guarantees or {}).get("gamma_rule") or {}
     if gr.get("set_by") == "sgr":
         return (gr.get("sgr") or {}).get("risk_bound"), "SGR"
-    return (gr.get("validation") or {}).get("upper"), "validation Clopper-Pearson (optimistic)"
+    if tested and tested.get("test_upper") is not None:
+        return tested["test_upper"], f"evaluate's test-split Clopper-Pearson, n={tested['n']}"
+    fit = gr.get("validation") or {}
+    if fit.get("n_required") is not None and not fit.get("enough"):
+        return None, (f"not enough validation images (n={fit.get('accepted')}, need ≥ {fit['n_required']}) "
+                       "and no evaluate report of these models: run alle-dist evaluate")
+    return fit.get("upper"), "validation Clopper-Pearson (optimistic)"
 
 
-def accepted_errors(audits: list[dict], classes, guarantees: dict | None, confidence: float) -> dict:
+def accepted_errors(audits: list[dict], classes, guarantees: dict | None, confidence: float,
+                    tested: dict | None = None) -> dict:
     """From audit reviews ({label, model_label}): error rates among accepted images."""
     delta = 1 - confidence
     wrong = [r for r in audits if r["label"] != r["model_label"]]
     kinds = Counter(r["label"] if r["label"] in schema.REVIEW_EXTRA_LABELS else "wrong_class" for r in wrong)
-    bound, basis = gamma_bound(guarantees)
+    bound, basis = gamma_bound(guarantees, tested)
     by_class = {}
     for c in classes:
         mine = [r for r in audits if r["model_label"] == c]
@@ -106,11 +116,13 @@ def run_rates(runs: list[dict], image_rule: dict | None, confidence: float) -> l
     return out
 
 
-def audit(reviews: list[dict], classes, guarantees: dict | None, runs: list[dict], confidence: float) -> dict:
-    """The whole audit doc (audit.json) from the reviews table's rows, the stated guarantees and the runs."""
+def audit(reviews: list[dict], classes, guarantees: dict | None, runs: list[dict], confidence: float,
+          tested: dict | None = None) -> dict:
+    """The whole audit doc (audit.json) from the reviews table's rows, the stated guarantees (and
+    evaluate's γ row, `tested`) and the runs."""
     audits = [r for r in reviews if r["kind"] == schema.AUDIT]
     referred = [r for r in reviews if r["kind"] == schema.REFERRED]
     return {"confidence": confidence, "reviews": len(reviews),
-            "accepted": accepted_errors(audits, classes, guarantees, confidence),
+            "accepted": accepted_errors(audits, classes, guarantees, confidence, tested),
             "referred": referred_outcomes(referred, classes),
             "runs": run_rates(runs, (guarantees or {}).get("image_rule"), confidence)}

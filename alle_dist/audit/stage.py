@@ -22,9 +22,10 @@ log = logging.getLogger("alle_dist.audit")
 JSON, HTML, CONFIG = "audit.json", "audit.html", "audit_config.yaml"
 
 
-def stated(table: source.Table, run_dir: str | None) -> tuple[dict | None, str | None]:
-    """The guarantees in ensemble.json of the models DST was classified with (checked), and the run dir;
-    (None, None) with a warning when no run directory is known or the recorded one is gone."""
+def stated(table: source.Table, run_dir: str | None) -> tuple[dict | None, dict | None, str | None]:
+    """The guarantees in ensemble.json of the models DST was classified with (checked), evaluate's γ row
+    for that very ensemble.json (None without a current report), and the run dir; (None, None, None)
+    with a warning when no run directory is known or the recorded one is gone."""
     from ..review.build import check_models
     from ..rundir import RunDir
 
@@ -32,9 +33,25 @@ def stated(table: source.Table, run_dir: str | None) -> tuple[dict | None, str |
     if not found or (not run_dir and not storage.exists(RunDir(found).ensemble)):
         log.warning("audit: no run directory with a tuned ensemble%s: no stated bounds to compare with; give --run-dir",
                     f" at {found}" if found else "")
-        return None, None
+        return None, None, None
     check_models(table, found)
-    return storage.read_json(RunDir(found).ensemble).get("guarantees"), found
+    return storage.read_json(RunDir(found).ensemble).get("guarantees"), tested_gamma(RunDir(found)), found
+
+
+def tested_gamma(run) -> dict | None:
+    """evaluate's γ row (RUN/report/metrics.json) if that report is of RUN's current ensemble.json (its
+    lineage records the file's hash): a report of an earlier tuning is not this rule's."""
+    from ..ensemble.lineage import ensemble_sha256
+    from ..evaluate.metrics import GAMMA_ROW
+
+    path = run.report_file(run.METRICS)
+    if not storage.exists(path):
+        return None
+    doc = storage.read_json(path)
+    if (doc.get("lineage") or {}).get("ensemble") != ensemble_sha256(run):
+        log.warning("audit: %s is of another tuning than %s (rerun alle-dist evaluate): not used", path, run.ensemble)
+        return None
+    return next((r for r in doc.get("guarantees") or [] if r.get("name") == GAMMA_ROW), None)
 
 
 def run_counts(table: source.Table) -> list[dict]:
@@ -55,11 +72,11 @@ def run_counts(table: source.Table) -> list[dict]:
 
 def audit(dst: str, run_dir: str | None, confidence: float | None) -> dict:
     table = source.open_table(dst)
-    guarantees, used = stated(table, run_dir)
+    guarantees, tested, used = stated(table, run_dir)
     stated_level = 1 - float(guarantees["delta"]) if guarantees and guarantees.get("delta") else 0.95
     level = confidence or stated_level
     reviews = source.reviews(table.uri).to_pylist()
-    doc = core.audit(reviews, table.classes, guarantees, run_counts(table), level)
+    doc = core.audit(reviews, table.classes, guarantees, run_counts(table), level, tested)
     return {"table": table.uri, "version": table.version, "model_sha256": table.model_sha256, "run_dir": used,
             "classes": list(table.classes), **doc}
 

@@ -160,6 +160,10 @@ def table3(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec) -> list[di
 
 # ---------------------------------------------------------------- guarantees and the shortcut control
 
+# The γ rule's row of doc["guarantees"] (metrics.json), by name: audit holds its reviews against it.
+GAMMA_ROW = "γ rule: error rate among accepted test images"
+
+
 def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: str, valid: bool) -> dict:
     """One row of doc["guarantees"] (evaluate.page renders the keys as columns). `test_upper`: the (1-δ)
     Clopper-Pearson bound from the test split itself, valid for the rule as tuned (nothing was fitted on
@@ -208,7 +212,7 @@ def guarantee_rows(data: split_probs.SplitProbs, spec: weighted.EnsembleSpec, g:
         bound, basis = (gr.get("sgr") or {}).get("risk_bound"), "SGR"
     else:
         bound, basis = _validation_bound(gr.get("validation") or {}, "the error rate among accepted images")
-    rows.append(guarantee_row("γ rule: error rate among accepted test images", bound,
+    rows.append(guarantee_row(GAMMA_ROW, bound,
                               (gr.get("sgr") or {}).get("target_risk"), delta, int(wrong.sum()),
                               int(d.gamma_accepted.sum()), basis, gr.get("set_by") == "sgr"))
     return rows

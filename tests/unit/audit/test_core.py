@@ -64,6 +64,24 @@ def test_accepted_errors_against_direct_computation():
     assert core.gamma_bound(sgr) == (0.06, "SGR") and core.gamma_bound(None) == (None, "validation Clopper-Pearson (optimistic)")
 
 
+def test_the_audit_holds_against_the_bound_the_report_leads_with():
+    """evaluate's test-split bound (valid) wins over tune's optimistic validation figure; SGR's
+    certified bound wins over both; a validation split too small for a bound and no report: none."""
+    tested = {"name": "γ rule", "test_upper": 0.0977, "n": 170, "valid": False}
+    bound, basis = core.gamma_bound(GUARANTEES, tested)
+    assert bound == 0.0977 and basis == "evaluate's test-split Clopper-Pearson, n=170"
+    sgr = {**GUARANTEES, "gamma_rule": {**GUARANTEES["gamma_rule"], "set_by": "sgr"}}
+    assert core.gamma_bound(sgr, tested) == (0.06, "SGR")
+    small = {**GUARANTEES, "gamma_rule": {"set_by": "search", "validation": {
+        "upper": 0.144, "accepted": 31, "n_required": 59, "enough": False}}}
+    bound, basis = core.gamma_bound(small)
+    assert bound is None and "not enough validation images (n=31, need ≥ 59)" in basis
+    rows = audit_rows(np.random.default_rng(0))
+    got = core.accepted_errors(rows, CLASSES, small, 0.95)
+    assert got["stated"] is None and got["basis"] == basis
+    assert core.accepted_errors(rows, CLASSES, small, 0.95, tested)["stated"]["bound"] == 0.0977
+
+
 def test_the_interval_covers_the_true_rate_at_its_level():
     """Audit samples drawn from a population with a known error rate: the 95 % interval covers it in
     at least ~95 % of draws (Clopper-Pearson is conservative)."""
