@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     doc = export(args.run_dir, args.output, job_cfg.export, args.parity_data)
     b = BundleDir(args.output)
     verb = "unchanged" if doc.get("unchanged") else "written"
-    print(f"export: bundle {doc['name']} {doc['version']} {verb} → {b.root} (bundle sha256 {doc['bundle_sha256']}, "
+    print(f"export: bundle {doc['name']!r} version {doc['version']} {verb} → {b.root} (bundle sha256 {doc['bundle_sha256']}, "
           f"model_sha256 {doc['model_sha256']})")
     for name, o in ((doc.get("onnx") or {}).get("members") or {}).items():
         print(f"export: onnx {name} opset {doc['onnx']['opset']}: max |p_onnx - p_torch| = "
