@@ -22,6 +22,7 @@ from collections import Counter
 from .. import schema
 from ..classify import drift
 from ..referral import bounds
+from ..tune.select import too_few_for_a_bound
 
 CONSISTENT, ABOVE = "consistent", "above the bound"
 
@@ -30,9 +31,7 @@ def interval(k: int, n: int, confidence: float) -> dict:
     """k of n: the rate and its exact two-sided (Clopper-Pearson) interval at `confidence`."""
     if not n:
         return {"k": 0, "n": 0, "rate": None, "low": None, "high": None}
-    tail = (1 - confidence) / 2
-    high = bounds.binomial_upper(int(k), int(n), tail)
-    low = 1.0 - bounds.binomial_upper(int(n - k), int(n), tail)
+    low, high = bounds.binomial_interval(int(k), int(n), confidence)
     return {"k": int(k), "n": int(n), "rate": k / n, "low": float(low), "high": float(high)}
 
 
@@ -60,7 +59,7 @@ def gamma_bound(guarantees: dict | None, tested: dict | None = None) -> tuple[fl
     if tested and tested.get("test_upper") is not None:
         return tested["test_upper"], f"evaluate's test-split Clopper-Pearson, n={tested['n']}"
     fit = gr.get("validation") or {}
-    if fit.get("n_required") is not None and not fit.get("enough"):
+    if too_few_for_a_bound(fit):
         return None, (f"not enough validation images (n={fit.get('accepted')}, need ≥ {fit['n_required']}) "
                        "and no evaluate report of these models: run alle-dist evaluate")
     return fit.get("upper"), "validation Clopper-Pearson (optimistic)"

@@ -18,6 +18,7 @@ from ..errors import StorageError
 from ..io import storage
 from ..referral.bounds import binomial_interval
 from ..rundir import RunDir
+from ..tune.select import too_few_for_a_bound
 from .metrics import ENSEMBLE
 
 log = logging.getLogger("alle_dist.card")
@@ -253,7 +254,7 @@ def _guarantees(f: dict) -> list[str]:
     whole = g["whole_rule_validation"]
     lines = [f"- Image-statistics rule: {first}.",
              f"- Whole rule on validation: {_pct(whole['rate'])} referred " + (
-                 f"(≤ {_pct(whole['upper'])}; optimistic: fitted on these images)." if whole.get("enough", True) else
+                 f"(≤ {_pct(whole['upper'])}; optimistic: fitted on these images)." if not too_few_for_a_bound(whole) else
                  f"of {whole['n']} images, too few for a bound (need ≥ {whole['n_required']}); the test split's "
                  "bound below is the valid one."),
              "- γ rule (SGR, Geifman & El-Yaniv 2017): " + (

@@ -19,6 +19,7 @@ from ..ensemble import weighted
 from ..ensemble.weighted import PAPER_GAMMAS, PAPER_WEIGHTS
 from ..referral import bounds
 from ..referral.signals import referral_flags
+from ..tune.select import too_few_for_a_bound
 
 ENSEMBLE = "ensemble"
 
@@ -183,7 +184,7 @@ def guarantee_row(name: str, bound, alpha, delta: float, k: int, n: int, basis: 
 def _validation_bound(fit: dict, what: str) -> tuple[float | None, str]:
     """(bound, basis) of an optimistic validation figure; no bound when the split was too small for
     its target (tune records `n_required`; files from before it state the figure as they did)."""
-    if fit.get("n_required") is not None and not fit.get("enough"):
+    if too_few_for_a_bound(fit):
         counted = fit.get("accepted", fit.get("n"))
         return None, (f"not enough validation images: n={counted}, need ≥ {fit['n_required']} to bound {what} "
                       f"at {fit['target']:g}; the test split's bound is the valid one")

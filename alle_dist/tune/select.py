@@ -152,6 +152,12 @@ def _with_target(fit: dict, counted: str, target: float, delta: float) -> dict:
             "enough": need is not None and fit[counted] >= need}
 
 
+def too_few_for_a_bound(fit: dict) -> bool:
+    """Whether a validation bound `_with_target` recorded had too few images for its target, so no
+    bound is stated (files from before it record no target: False, their figure stands as it was)."""
+    return fit.get("n_required") is not None and not fit.get("enough")
+
+
 def supported_rate(cfg: config.TuneConfig, data: split_probs.SplitProbs) -> tuple[config.TuneConfig, str | None]:
     """For a referral rate that was not chosen explicitly: (cfg, None) when the calibration set supports
     it, else cfg with the smallest α it supports and a line saying so (ensemble.json records it)."""

@@ -149,7 +149,7 @@ def guarantee_line(g: dict) -> str:
     risk = (f"SGR: error rate ≤ {sgr['risk_bound']:.4f} among accepted at γ ≥ {sgr['threshold']:.3f} "
             f"(coverage {sgr['coverage']:.3f})" if sgr["feasible"] else
             f"SGR: no γ certifies an error rate ≤ {sgr['target_risk']} (best bound {sgr['risk_bound']:.3f})")
-    if whole.get("n_required") is not None and not whole.get("enough"):
+    if select.too_few_for_a_bound(whole):
         rest = (f"whole rule: {whole['rate']:.4f} of {whole['n']} validation images referred, too few for a bound "
                 f"(need ≥ {whole['n_required']}): evaluate bounds it on the test split")
     else:
