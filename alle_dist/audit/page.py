@@ -92,7 +92,8 @@ def _referred(doc: dict) -> str:
                for k, v in r["by_reason"].items()]
     return (_table(["turned out to be", "images", "ensemble's argmax right"], rows)
             + "<p>By referral reason:</p>"
-            + _table(["reason", "class, argmax right", "class, argmax wrong", "other cell", "unusable"], reasons))
+            + (_table(["reason", "class, argmax right", "class, argmax wrong", "other cell", "unusable"], reasons)
+               if reasons else "<p>No referred image reviewed yet.</p>"))
 
 
 def _runs(doc: dict) -> str:

@@ -29,7 +29,7 @@ def accepted_plot(acc: dict, classes) -> bytes | None:
         ax.legend(loc="lower right", fontsize=9)
     ax.set_yticks(y, [name for name, _ in rows])
     ax.set(xlim=(0, 1), xlabel="error rate among accepted images (audit sample), exact interval",
-           title="Are the images the ensemble labelled labelled right?")
+           title="Did the ensemble label the accepted images right?")
     return figure_png(fig)
 
 
