@@ -11,9 +11,10 @@
 - `run_rates`: each classify run's image-rule referral rate against the rule's conformal bound
   (classify.drift.assess), with its interval.
 
-Intervals: referral.bounds.binomial_upper (the Clopper-Pearson bound) at (1-confidence)/2 on each
-side; p-values: scipy.stats.binomtest; verdicts: referral.bounds.binomial_exceeds, the test evaluate
-uses, so the audit and the report can't disagree on what "above the bound" means.
+Intervals: referral.bounds.binomial_interval (Clopper-Pearson, (1-confidence)/2 on each side, as in
+the model card); p-values: referral.bounds.binomial_p_above (binomtest's "greater"); verdicts:
+referral.bounds.binomial_exceeds, the test evaluate uses, so the audit and the report can't disagree
+on what "above the bound" means.
 """
 from __future__ import annotations
 
@@ -39,9 +40,7 @@ def against(k: int, n: int, bound: float | None, delta: float) -> dict | None:
     """The observed k of n against a stated bound: one-sided exact p-value and the verdict at δ."""
     if bound is None or not n:
         return None
-    from scipy.stats import binomtest
-
-    p = float(binomtest(int(k), int(n), float(bound), alternative="greater").pvalue)
+    p = bounds.binomial_p_above(int(k), int(n), float(bound))
     above = bounds.binomial_exceeds(int(k), int(n), float(bound), delta)
     return {"bound": float(bound), "delta": float(delta), "p_value": p, "verdict": ABOVE if above else CONSISTENT}
 

@@ -4,7 +4,7 @@ tune states, for the image-statistics rule (reason `odd_image`), a calibration-c
 α' (ensemble.json guarantees → image_rule.alpha_bound; referral.bounds.conformal_threshold): with
 probability ≥ 1-δ, at most α' of new images *like the training images* are referred by it. A run
 whose share of odd_image referrals among its ok rows is significantly above α' (one-sided exact
-binomial test at the rule's δ: referral.bounds.binomial_exceeds; p-value from scipy.stats.binomtest)
+binomial test at the rule's δ: referral.bounds.binomial_exceeds; p-value: referral.bounds.binomial_p_above)
 is shown images unlike the training data: another stain, microscope or lab. The run record gets the
 numbers (`assess`), the terminal one warning line (`warning`). The audit reads the same numbers per run.
 """
@@ -35,10 +35,8 @@ def assess(k: int, n: int, image_rule: dict | None) -> dict:
     bound = stated_bound(image_rule)
     if bound is None or not n:
         return out
-    from scipy.stats import binomtest
-
     alpha, delta = bound
-    p = float(binomtest(int(k), int(n), alpha, alternative="greater").pvalue)
+    p = bounds.binomial_p_above(int(k), int(n), alpha)
     return {**out, "bound": alpha, "delta": delta, "p_value": p,
             "drift": bool(bounds.binomial_exceeds(int(k), int(n), alpha, delta))}
 

@@ -149,18 +149,24 @@ def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, 
     return lower, binomial_upper(int(k), int(n), half)
 
 
+def binomial_p_above(k: int, n: int, bound: float) -> float:
+    """The one-sided exact binomial p-value of H0 "the true rate is at most `bound`" from k events in
+    n trials: P(Binomial(n, bound) ≥ k) (scipy.stats.binomtest's alternative="greater", computed
+    as the regularised incomplete beta, ~50× less overhead)."""
+    if not (0 <= k <= n and n >= 1):
+        raise ValueError(f"need 0 ≤ k ≤ n and n ≥ 1 (k events among n trials), got k={k}, n={n}")
+    if k == 0 or bound >= 1:
+        return 1.0
+    if bound <= 0:
+        return 0.0
+    return float(special.betainc(k, n - k + 1, bound))
+
+
 def binomial_exceeds(k: int, n: int, bound: float, delta: float) -> bool:
     """Whether k events in n trials show, at level δ, that the true rate is above `bound`: the
     one-sided exact binomial test P(Binomial(n, bound) ≥ k) < δ. A raw comparison k / n > bound
     would flag about half of the splits of a rule whose true rate sits exactly at its bound."""
-    delta = _check_level("delta", delta)
-    if not (0 <= k <= n and n >= 1):
-        raise ValueError(f"need 0 ≤ k ≤ n and n ≥ 1 (k events among n trials), got k={k}, n={n}")
-    if k == 0 or bound >= 1:
-        return False
-    if bound <= 0:
-        return True
-    return float(special.betainc(k, n - k + 1, bound)) < delta     # P(X ≥ k) for X ~ Binomial(n, bound)
+    return binomial_p_above(k, n, bound) < _check_level("delta", delta)
 
 
 def rate_upper_bound(referred, delta: float) -> dict:

@@ -129,6 +129,18 @@ def test_binomial_upper_known_values_and_broadcast():
         bounds.binomial_upper(0.5, 10, 0.05)
 
 
+@pytest.mark.parametrize("k,n,bound", [(0, 10, 0.05), (1, 10, 0.05), (3, 40, 0.05), (9, 40, 0.05),
+                                      (60, 500, 0.02), (10, 10, 0.5), (4, 20, 0.0), (4, 20, 1.0)])
+def test_binomial_p_above_is_binomtests_greater(k, n, bound):
+    """One p-value for drift, audit and evaluate's verdicts: scipy's exact one-sided test, and the
+    verdict is that p-value below δ."""
+    p = stats.binomtest(k, n, bound, alternative="greater").pvalue
+    assert bounds.binomial_p_above(k, n, bound) == pytest.approx(p, rel=1e-9, abs=1e-15)
+    assert bounds.binomial_exceeds(k, n, bound, 0.05) == (p < 0.05)
+    with pytest.raises(ValueError, match="0 ≤ k ≤ n"):
+        bounds.binomial_p_above(n + 1, n, bound)
+
+
 def test_rate_upper_bound_covers_the_true_rate():
     rng = np.random.default_rng(5)
     refer = rng.uniform(size=(SPLITS, 180)) < 0.03
